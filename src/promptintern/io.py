@@ -1,0 +1,144 @@
+"""Atomic file writes and strict JSONL reading.
+
+Every output goes to a temporary file in the destination directory and is renamed into
+place, so a crash never leaves a half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError, UserError
+
+MAX_LINE_BYTES = 1 << 20  # 1 MiB per JSONL record; longer lines are refused, not loaded.
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, dest)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise UserError(f"disk full while writing {dest}; nothing was written", 6) from exc
+        raise
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``path``; it replaces ``path`` on success.
+
+    An existing ``path`` is moved aside (``.NAME.*.old``) and deleted only once the new
+    directory is in place, so a crash never leaves a half-written directory under ``path``.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        old = None
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            os.replace(dest, old / dest.name)
+        os.replace(tmp, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Atomically write ``text`` (UTF-8) to ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Atomically write ``obj`` as indented, key-sorted JSON."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
+    """Atomically write ``rows`` as JSON lines."""
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file, turning a malformed one into a :class:`DataError`."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DataError(f"{p}: file not found") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p}: not valid UTF-8 (byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{p}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+
+
+def iter_jsonl(
+    path: str | os.PathLike[str], required: tuple[str, ...] = (), max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[dict[str, Any]]:
+    """Yield the objects of a JSONL file, failing with file and line number on bad input.
+
+    Blank lines are skipped. Each record must be a JSON object holding ``required`` keys.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: file not found")
+    with open(p, "rb") as fh:
+        for lineno, raw in enumerate(_bounded_lines(fh, max_line_bytes, p), start=1):
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{p}:{lineno}: not valid UTF-8 (byte {exc.start})") from exc
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{p}:{lineno}: invalid JSON: {exc.msg}") from exc
+            if not isinstance(obj, dict):
+                raise DataError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            missing = [k for k in required if k not in obj]
+            if missing:
+                raise DataError(f"{p}:{lineno}: missing field(s) {', '.join(map(repr, missing))}")
+            yield obj
+
+
+def _bounded_lines(fh: Any, limit: int, p: Path) -> Iterator[bytes]:
+    lineno = 0
+    while True:
+        line = fh.readline(limit + 1)
+        if not line:
+            return
+        lineno += 1
+        if len(line) > limit and not line.endswith(b"\n"):
+            raise DataError(f"{p}:{lineno}: line longer than {limit} bytes")
+        yield line
+
+
+def read_jsonl(path: str | os.PathLike[str], required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Read a whole JSONL file (see :func:`iter_jsonl`)."""
+    return list(iter_jsonl(path, required))

@@ -1,0 +1,39 @@
+"""Shared fixtures: the data directory (or a clean skip) and a small thread budget."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def _find_data_dir() -> Path | None:
+    env = os.environ.get("PROMPTINTERN_DATA_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
+    return next((c for c in candidates if (c / "mbpp").is_dir() or (c / "nl2bash").is_dir()), None)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared data directory; skips the test when it is absent."""
+    found = _find_data_dir()
+    if found is None:
+        pytest.skip("shared data not found (set PROMPTINTERN_DATA_DIR)")
+    return found
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _small_thread_budget() -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("PROMPTINTERN_TEST_THREADS", "1")))
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The tiny random llama with the real SmolLM2 tokenizer (cached after first build)."""
+    from promptintern.models import load_model
+
+    return load_model("tiny-random")
