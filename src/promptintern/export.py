@@ -1,0 +1,182 @@
+"""Export a trained run as a standard Hugging Face directory: the LoRA adapter or a merged model.
+
+- adapter (default): ``adapter_config.json`` + ``adapter_model.safetensors`` (+ the tokenizer,
+  so the chat template travels with it). ``PeftModel.from_pretrained(base, out)`` loads it, and
+  vLLM serves it with ``--enable-lora --lora-modules name=out`` on top of the base model.
+- merged (``merge=True``): the LoRA update folded into the base weights (``merge_and_unload``),
+  saved with tokenizer, chat template and generation config; ``AutoModelForCausalLM`` loads it
+  and any server that serves the base serves it, with no LoRA support needed.
+
+Both get a README.md model card (base model, schedule, hyperparameters, metrics when
+``run_dir/metrics.json`` exists). The output directory is written beside ``out`` and renamed
+into place, so a crash never leaves a half-exported model.
+
+``base_model_name_or_path`` (our choice): for an alias (``smollm2-135m``, ``tiny-random``) it
+is the alias's resolved local HF directory. The alias itself means nothing to peft or vLLM,
+and no hub checkpoint is guaranteed to equal the base we trained on (``smollm2-135m`` is
+converted from the bundled GGUF), so the only loadable and faithful base is the local one. A
+hub id or local directory given as the model is kept as given (directories made absolute).
+The model card records the alias too. On another machine, pass the base explicitly or export
+with ``merge=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .errors import RunDirError
+from .io import atomic_dir, read_json, write_json, write_text
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def base_reference(model_name: str) -> str:
+    """What an exported adapter names as its base (see the module docstring)."""
+    from .models import resolve_model_path
+
+    return resolve_model_path(model_name)
+
+
+def export(
+    run_dir: Path, out: Path, merge: bool = False, model_card: dict[str, Any] | None = None, force: bool = False
+) -> Path:
+    """Write the run's adapter (or, with ``merge``, the merged model) to ``out``; returns ``out``.
+
+    ``model_card`` adds entries (e.g. ``{"task": "nl2bash"}``) to the README; ``force``
+    replaces a non-empty ``out``.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    adapter = run_dir / "adapter"
+    if not all((adapter / name).is_file() for name in ADAPTER_FILES):
+        raise RunDirError(f"{run_dir} has no trained adapter (no {adapter.name}/); train it first")
+    config_path = run_dir / "train" / "config.json"
+    if not config_path.is_file():
+        raise RunDirError(f"{run_dir} has no train/config.json; it was not trained by promptintern")
+    target, run = out.resolve(), run_dir.resolve()
+    if target in (run, adapter.resolve()) or target in run.parents:
+        raise RunDirError(f"{out}: export to a directory other than the run directory, its adapter or their parents")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise RunDirError(f"{out} already exists and is not empty; use --force to replace it")
+    record = read_json(config_path)
+    model_name = record["model"]
+    base = base_reference(model_name)
+    with atomic_dir(out) as tmp:
+        if merge:
+            _write_merged(model_name, adapter, tmp)
+        else:
+            _write_adapter(model_name, adapter, base, tmp)
+        metrics_path = run_dir / "metrics.json"
+        metrics = read_json(metrics_path) if metrics_path.is_file() else None
+        history_path = run_dir / "train" / "history.json"
+        history = read_json(history_path) if history_path.is_file() else None
+        write_text(tmp / "README.md", model_card_text(record, base, merge, history, metrics, model_card or {}))
+    return out
+
+
+def _write_adapter(model_name: str, adapter: Path, base: str, dest: Path) -> None:
+    from .models import load_tokenizer
+
+    shutil.copy2(adapter / "adapter_model.safetensors", dest / "adapter_model.safetensors")
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base
+    write_json(dest / "adapter_config.json", config)
+    load_tokenizer(model_name).save_pretrained(str(dest))
+
+
+def _write_merged(model_name: str, adapter: Path, dest: Path) -> None:
+    import torch
+    from peft import PeftModel
+
+    from .models import load_model
+
+    base, tokenizer = load_model(model_name, dtype=torch.float32, device="cpu")
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    gen = merged.generation_config
+    if gen is not None and gen.eos_token_id is None and tokenizer.eos_token_id is not None:
+        gen.eos_token_id = tokenizer.eos_token_id  # so generation stops at the end of the turn
+    merged.save_pretrained(str(dest))
+    tokenizer.save_pretrained(str(dest))
+
+
+# ---------------------------------------------------------------- model card
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _metrics_section(metrics: dict[str, Any]) -> str:
+    systems = metrics.get("systems") or {}
+    if not systems:
+        return ""
+    columns: list[str] = []
+    for values in systems.values():
+        for key, v in values.items():
+            if isinstance(v, (int, float, str, bool)) and key not in columns:
+                columns.append(key)
+    rows = [[name, *[values.get(c, "") for c in columns]] for name, values in systems.items()]
+    head = f"Task `{metrics.get('task', '?')}`, metric `{metrics.get('metric', '?')}`, " \
+           f"{metrics.get('n_test', '?')} test instances (from `metrics.json`).\n\n"
+    return "## Evaluation\n\n" + head + _table(["system", *columns], rows) + "\n"
+
+
+def model_card_text(
+    record: dict[str, Any], base: str, merged: bool, history: dict[str, Any] | None,
+    metrics: dict[str, Any] | None, extra: dict[str, Any],
+) -> str:
+    """The README.md of an export: what it is, how it was trained, how it scores, how to load it."""
+    kind = "merged model" if merged else "LoRA adapter"
+    lora, train = record.get("lora", {}), record.get("train", {})
+    done = {e["stage"]: e for e in (history or {}).get("stages", [])}
+    stage_rows = [
+        [s["index"], s["tau"], s["k"], s["n_records"], done.get(s["index"], {}).get("steps", ""),
+         done.get(s["index"], {}).get("train_loss", "")]
+        for s in record.get("stages", [])
+    ]
+    front = ["---", f"library_name: {'transformers' if merged else 'peft'}",
+             "tags:", "- promptintern", "- lora", "- text-generation", "---", ""]
+    parts = [
+        "\n".join(front),
+        f"# PromptIntern {kind}\n\n"
+        "Fine-tuned with promptintern: progressive LoRA fine-tuning that internalizes a recurring prompt "
+        "(template and few-shot examples) into the weights, stage by stage, so that the model answers "
+        "from the query alone (PromptIntern, Zou et al., Findings of EMNLP 2024).\n",
+        f"## Base model\n\n- model: `{record.get('model')}`\n- loaded from: `{base}`\n",
+    ]
+    if extra:
+        parts.append("## Run\n\n" + "\n".join(f"- {k}: {_fmt(v)}" for k, v in extra.items()) + "\n")
+    parts.append("## Training schedule\n\nOne LoRA adapter trained stage after stage; τ is the template "
+                 "rate, k the number of retrieved examples in the prompt.\n\n"
+                 + _table(["stage", "τ", "k", "records", "steps", "train loss"], stage_rows) + "\n")
+    hp = {**{f"lora.{k}": v for k, v in lora.items()},
+          **{f"train.{k}": v for k, v in train.items() if k != "stage_overrides" and v is not None}}
+    if train.get("stage_overrides"):
+        hp["train.stage_overrides"] = json.dumps(train["stage_overrides"], sort_keys=True)
+    parts.append("## Hyperparameters\n\n" + "\n".join(f"- {k}: {_fmt(v)}" for k, v in hp.items()) + "\n")
+    if history is not None:
+        parts.append(f"Training wall time: {history.get('train_wall_s', 0.0):.1f} s.\n")
+    if metrics:
+        parts.append(_metrics_section(metrics))
+    if merged:
+        usage = ("from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+                 "model = AutoModelForCausalLM.from_pretrained(PATH)\n"
+                 "tokenizer = AutoTokenizer.from_pretrained(PATH)")
+    else:
+        usage = ("from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+                 f"base = AutoModelForCausalLM.from_pretrained({base!r})\n"
+                 "model = PeftModel.from_pretrained(base, PATH)\n"
+                 "tokenizer = AutoTokenizer.from_pretrained(PATH)")
+    parts.append("## Usage\n\nPrompt with the query alone (no template, no examples), through the "
+                 "tokenizer's chat template.\n\n```python\n" + usage + "\n```\n")
+    return "\n".join(parts)

@@ -1,0 +1,677 @@
+"""Progressive LoRA training: one adapter, trained stage after stage.
+
+PromptIntern fine-tunes a single LoRA adapter on a sequence of stage datasets whose prompts
+shrink (template compressed, fewer examples) until only the query is left. Each stage is one
+Hugging Face ``Trainer`` run that starts from the adapter weights the previous stage ended
+with, so logging (``report_to``), gradient accumulation, checkpoints and multi-process launch
+come from the library: ``torchrun --nproc_per_node N`` or ``accelerate launch --multi_gpu``
+(data parallel; gloo on a machine without CUDA).
+
+Run directory (written by the main process only; files and directories atomically)::
+
+    run_dir/train/config.json              what is trained: model, LoRA, TrainArgs, stage fingerprints
+    run_dir/train/history.json             per stage: loss curve (Trainer log_history), steps, wall seconds
+    run_dir/train/stage-{i}/checkpoint-N/  Trainer checkpoints inside stage i, every ``save_steps``
+                                           (deleted once the stage is done unless ``keep_checkpoints``)
+    run_dir/train/stage-{i}/final/         the adapter after stage i; its DONE.json marks the stage done
+                                           (+ optimizer.pt when the next stage keeps the optimizer state)
+    run_dir/adapter/                       the final adapter: a copy of the last stage's final/
+
+Resume (``resume=True``) skips the stages whose ``final/DONE.json`` exists, loads the adapter
+of the last of them, and continues the first unfinished stage from its latest complete
+checkpoint: adapter weights, optimizer and LR-scheduler state, Python/NumPy/torch RNG states
+and the position in the data order (the sampler is seeded per stage and epoch). On the same
+hardware and thread count the result is bitwise identical to an uninterrupted run.
+
+Choices (ours; the paper does not say):
+
+- Loss: cross-entropy on the answer tokens only. LM-head logits are computed at those
+  positions only (a boolean ``logits_to_keep``): with a 49k vocabulary the head over every
+  prompt position is a large, useless share of a step (about a fifth of SmolLM2-135M's step
+  time on CPU, more as prompts grow). The sum is divided by the number of
+  answer tokens in the whole accumulated (and, with several processes, global) batch, like
+  transformers' own loss.
+- Records longer than ``max_length`` are dropped with a warning, not truncated: cutting the
+  prompt's left edge would remove the system turn and the chat header, cutting the right edge
+  would cut the answer.
+- Stage ``i`` is seeded with ``seed + i`` (LoRA dropout masks and data order differ between
+  stages); the LR schedule (warm-up, decay) restarts in every stage.
+- ``optimizer_state``: ``reset`` (default) starts every stage with a fresh AdamW; ``keep``
+  carries the AdamW moments and step counts over from the previous stage, so the new stage
+  skips Adam's bias-correction warm-up and continues the previous stage's update directions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, DataError, ModelError, RunDirError
+from .io import atomic_dir, read_json, write_json
+from .prompt import IGNORE_INDEX, encode_chat
+from .stages import Stage, StageRecord
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZER_STATES = ("reset", "keep")
+LOSSES = ("ce",)
+# TrainArgs fields that may change between a run and its resume: they do not change the weights.
+VOLATILE_FIELDS = frozenset(
+    {"report_to", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints",
+     "dataloader_num_workers", "num_threads"}
+)
+# TrainArgs fields that ``stage_overrides`` may set for a single stage.
+PER_STAGE_FIELDS = frozenset(
+    {"epochs_per_stage", "max_steps_per_stage", "learning_rate", "lr_scheduler", "warmup_ratio",
+     "weight_decay", "max_grad_norm", "per_device_batch_size", "gradient_accumulation_steps",
+     "max_length", "optimizer_state", "save_steps"}
+)
+DONE_FILE = "DONE.json"
+
+
+@dataclass
+class LoraArgs:
+    """The LoRA adapter (one adapter for all stages)."""
+
+    r: int = field(default=16, metadata={"help": "LoRA rank."})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha; the update is scaled by alpha / r."})
+    dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input during training."})
+    target_modules: str = field(
+        default="all-linear",
+        metadata={"help": "'all-linear' (every linear layer except the LM head, peft's shortcut) or "
+                          "comma-separated module names, e.g. 'q_proj,v_proj'."},
+    )
+
+    def validate(self) -> None:
+        if self.r < 1:
+            raise ConfigError(f"lora.r must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules.strip():
+            raise ConfigError("lora.target_modules is empty; use 'all-linear' or module names")
+
+    def to_peft(self) -> Any:
+        from peft import LoraConfig
+
+        targets = self.target_modules.strip()
+        modules: str | list[str] = (
+            targets if targets == "all-linear" else [m.strip() for m in targets.split(",") if m.strip()]
+        )
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=modules, bias="none", task_type="CAUSAL_LM")
+
+
+@dataclass
+class TrainArgs:
+    """Optimisation of every stage (``stage_overrides`` changes single stages)."""
+
+    epochs_per_stage: float = field(default=1.0, metadata={"help": "Passes over the stage's records per stage (fractions allowed)."})
+    max_steps_per_stage: int | None = field(default=None, metadata={"help": "Optimizer steps per stage; overrides epochs_per_stage when set."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of AdamW."})
+    lr_scheduler: str = field(default="linear", metadata={"help": "transformers LR schedule (linear, cosine, constant, constant_with_warmup, ...); restarts each stage."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of each stage's steps spent warming the LR up from 0, in [0, 1)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 = off)."})
+    optim: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name."})
+    per_device_batch_size: int = field(default=8, metadata={"help": "Records per forward pass and process."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Forward passes per optimizer step."})
+    max_length: int = field(default=2048, metadata={"help": "Longest prompt + answer in tokens; longer records are dropped (with a warning), never truncated."})
+    seed: int = field(default=0, metadata={"help": "Seed of LoRA init, dropout and data order (stage i uses seed + i)."})
+    optimizer_state: str = field(default="reset", metadata={"help": "'reset': fresh AdamW each stage; 'keep': carry AdamW moments and step counts into the next stage.", "choices": OPTIMIZER_STATES})
+    loss: str = field(default="ce", metadata={"help": "Training loss: 'ce' = cross-entropy on the answer tokens.", "choices": LOSSES})
+    save_steps: int = field(default=200, metadata={"help": "Checkpoint period inside a stage, in optimizer steps (resume point after a crash)."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept per stage (older ones are deleted)."})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "Keep a stage's checkpoints after it is done (they are only needed to resume inside it)."})
+    logging_steps: int = field(default=10, metadata={"help": "Log loss / LR / grad-norm every N optimizer steps."})
+    report_to: str = field(default="none", metadata={"help": "Experiment trackers, comma-separated (none, tensorboard, wandb, trackio, ...)."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (0 = load in the main process)."})
+    num_threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (null = torch's default)."})
+    use_cpu: bool = field(default=False, metadata={"help": "Train on the CPU even when a GPU is available."})
+    full_determinism: bool = field(default=False, metadata={"help": "Deterministic algorithms everywhere (slower on GPU); CPU training is deterministic without it."})
+    stage_overrides: dict[int, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={"help": "Per-stage changes: {stage index: {field: value}}, e.g. {0: {learning_rate: 1e-4}}. "
+                          f"Allowed fields: {', '.join(sorted(PER_STAGE_FIELDS))}."},
+    )
+
+    def validate(self) -> None:
+        positive = ("per_device_batch_size", "gradient_accumulation_steps", "max_length", "save_steps",
+                    "save_total_limit", "logging_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps_per_stage is not None and self.max_steps_per_stage < 1:
+            raise ConfigError(f"train.max_steps_per_stage must be >= 1 or null, got {self.max_steps_per_stage}")
+        if self.epochs_per_stage <= 0:
+            raise ConfigError(f"train.epochs_per_stage must be > 0, got {self.epochs_per_stage}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.optimizer_state not in OPTIMIZER_STATES:
+            raise ConfigError(f"train.optimizer_state: {self.optimizer_state!r} is not one of {', '.join(OPTIMIZER_STATES)}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"train.loss: {self.loss!r} is not one of {', '.join(LOSSES)}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
+        if self.dataloader_num_workers < 0:
+            raise ConfigError(f"train.dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}")
+        from transformers.trainer_utils import SchedulerType
+
+        if self.lr_scheduler not in {s.value for s in SchedulerType}:
+            raise ConfigError(f"train.lr_scheduler: unknown schedule {self.lr_scheduler!r}")
+        for index, changes in self.stage_overrides.items():
+            bad = sorted(set(changes) - PER_STAGE_FIELDS)
+            if bad:
+                raise ConfigError(f"train.stage_overrides.{index}: {bad[0]!r} cannot change per stage; "
+                                  f"allowed: {', '.join(sorted(PER_STAGE_FIELDS))}")
+            self.for_stage(index)  # type-checks and validates the overridden values
+
+    def for_stage(self, index: int) -> TrainArgs:
+        """These arguments with stage ``index``'s overrides applied (type-checked and validated)."""
+        changes = self.stage_overrides.get(index)
+        if not changes:
+            return self
+        from .configtools import from_dict
+
+        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return from_dict(TrainArgs, {**base, "stage_overrides": {}, **changes}, where=f"train.stage_overrides.{index}")
+
+    def report_targets(self) -> list[str]:
+        return [t.strip() for t in self.report_to.split(",") if t.strip()] or ["none"]
+
+
+# ---------------------------------------------------------------- data
+
+
+def tokenize_records(
+    records: Sequence[StageRecord], tokenizer: Any, max_length: int
+) -> tuple[list[dict[str, list[int]]], list[str]]:
+    """Encode records as ``{"input_ids", "labels"}`` (labels -100 on the prompt).
+
+    Returns the encoded examples and the ids of the records dropped for exceeding
+    ``max_length`` tokens (see the module docstring for why they are not truncated).
+    """
+    kept, dropped = [], []
+    for rec in records:
+        enc = encode_chat(tokenizer, rec.messages, rec.answer)
+        if len(enc["input_ids"]) > max_length:
+            dropped.append(rec.id)
+        else:
+            kept.append(enc)
+    return kept, dropped
+
+
+@dataclass
+class PadCollator:
+    """Pads a batch on the right: ``pad_token_id`` in input_ids, 0 in the mask, -100 in labels."""
+
+    pad_token_id: int
+
+    def __call__(self, features: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[row, :n] = torch.tensor(f["input_ids"])
+            labels[row, :n] = torch.tensor(f["labels"])
+            mask[row, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# ---------------------------------------------------------------- loss
+
+
+def answer_loss(model: Any, inputs: dict[str, torch.Tensor], num_items_in_batch: Any = None) -> torch.Tensor:
+    """Next-token cross-entropy on the answer tokens, with LM-head logits at those positions only.
+
+    Position ``t`` predicts token ``t + 1``, so the kept positions are those whose next label
+    is not -100. The summed loss is divided by ``num_items_in_batch`` (the answer-token count
+    of the whole accumulated batch, from the Trainer) or else by this batch's count.
+    """
+    labels = inputs["labels"]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                logits_to_keep=keep, use_cache=False)
+    logits = out.logits
+    if logits.dim() != 2:
+        raise ModelError(f"{type(model).__name__} does not accept a boolean logits_to_keep mask "
+                         "(needs a transformers 5 causal LM)")
+    targets = labels[:, 1:][keep[:, :-1]]
+    total = F.cross_entropy(logits.float(), targets, reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
+    return total / count
+
+
+def _make_trainer_class() -> type:
+    """The Trainer subclass (built lazily so importing this module does not import transformers)."""
+    from transformers import Trainer
+
+    class StageTrainer(Trainer):
+        """A ``Trainer`` with the answer-only loss and an optional carried-over optimizer state."""
+
+        # compute_loss normalises by the accumulated batch's token count: no further GA scaling.
+        loss_is_scaled_for_ga = True
+
+        def __init__(self, *args: Any, loss: str = "ce", optimizer_state: dict | None = None, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.loss_name = loss
+            self.carried_optimizer_state = optimizer_state
+            # Have the Trainer count the answer tokens of each accumulated batch for compute_loss.
+            self.model_accepts_loss_kwargs = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            if self.loss_name != "ce":
+                raise ConfigError(f"train.loss: {self.loss_name!r} is not one of {', '.join(LOSSES)}")
+            loss = answer_loss(model, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                # num_items_in_batch is then the global count, while DDP averages gradients over processes.
+                loss = loss * self.accelerator.num_processes
+            return (loss, None) if return_outputs else loss
+
+        def create_optimizer(self, model=None):  # noqa: ANN001
+            optimizer = super().create_optimizer(model)
+            if self.carried_optimizer_state is not None:
+                fresh = optimizer.state_dict()
+                optimizer.load_state_dict({"state": self.carried_optimizer_state,
+                                           "param_groups": fresh["param_groups"]})
+            return optimizer
+
+    return StageTrainer
+
+
+# ---------------------------------------------------------------- progress
+
+
+def _progress_callback_class() -> type:
+    from transformers import TrainerCallback
+
+    class StageProgress(TrainerCallback):
+        """Feeds a rich progress bar (stage i/N, step, loss, ETA) from the main process."""
+
+        def __init__(self, progress: Any, label: str) -> None:
+            self.progress, self.label, self.task = progress, label, None
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            if state.is_world_process_zero:
+                self.task = self.progress.add_task(self.label, total=state.max_steps,
+                                                   completed=state.global_step, loss=float("nan"))
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            if self.task is not None:
+                self.progress.update(self.task, completed=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            if self.task is not None and logs and "loss" in logs:
+                self.progress.update(self.task, loss=logs["loss"])
+
+    return StageProgress
+
+
+def _make_progress(enabled: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, disable=not (enabled and console.is_terminal),
+    )
+
+
+# ---------------------------------------------------------------- run directory
+
+
+def train_record(stages: Sequence[Stage], model_name: str, lora: LoraArgs, args: TrainArgs) -> dict[str, Any]:
+    """What determines the trained weights (``train/config.json``; resume refuses a different one)."""
+    train = {k: v for k, v in asdict(args).items() if k not in VOLATILE_FIELDS}
+    stage_info = []
+    for s in stages:
+        h = hashlib.sha256()
+        for r in s.records:
+            h.update(json.dumps(asdict(r), sort_keys=True, ensure_ascii=False).encode())
+        stage_info.append({"index": s.index, "tau": s.tau, "k": s.k, "n_records": len(s.records),
+                           "fingerprint": h.hexdigest()[:16]})
+    from .models import model_fingerprint
+
+    record = {"model": model_name, "model_fingerprint": model_fingerprint(model_name), "lora": asdict(lora),
+              "train": train, "stages": stage_info}
+    return json.loads(json.dumps(record, sort_keys=True, default=str))  # as it reads back from JSON
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+    return path or "value"
+
+
+def _checkpoint_step(path: Path) -> int:
+    suffix = path.name.rpartition("-")[2]
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def _is_complete_checkpoint(path: Path, world_size: int) -> bool:
+    """A checkpoint the Trainer finished writing (trainer_state.json is written last)."""
+    try:
+        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    rng = ["rng_state.pth"] if world_size <= 1 else [f"rng_state_{r}.pth" for r in range(world_size)]
+    needed = ["adapter_model.safetensors", "optimizer.pt", "scheduler.pt", *rng]
+    return all((path / name).is_file() for name in needed)
+
+
+def latest_checkpoint(stage_dir: Path, world_size: int = 1) -> tuple[Path | None, list[Path]]:
+    """The newest complete ``checkpoint-N`` of a stage and the incomplete ones newer than it."""
+    found = sorted((p for p in stage_dir.glob("checkpoint-*") if _checkpoint_step(p) >= 0 and p.is_dir()),
+                   key=_checkpoint_step, reverse=True)
+    broken = []
+    for ckpt in found:
+        if _is_complete_checkpoint(ckpt, world_size):
+            return ckpt, broken
+        broken.append(ckpt)
+    return None, broken
+
+
+def stage_done(stage_dir: Path) -> bool:
+    return (stage_dir / "final" / DONE_FILE).is_file()
+
+
+def _check_run_dir(train_dir: Path, adapter_dir: Path, record: dict, resume: bool, force: bool) -> None:
+    """Refuse to overwrite or to mix runs (read-only, so every process can run it)."""
+    if force:
+        return
+    occupied = (train_dir.is_dir() and any(train_dir.iterdir())) or adapter_dir.exists()
+    if not occupied:
+        return
+    if not resume:
+        where = train_dir if train_dir.is_dir() else adapter_dir
+        raise RunDirError(f"{where} already holds a training run; use --resume to continue it or --force to start over")
+    saved_path = train_dir / "config.json"
+    if not saved_path.is_file():
+        raise RunDirError(f"{train_dir} has no config.json, so it cannot be resumed; use --force to start over")
+    saved = read_json(saved_path)
+    if saved != record:
+        raise RunDirError(f"{train_dir} was trained with a different {_first_difference(saved, record)}; "
+                          "use --force to start over")
+
+
+# ---------------------------------------------------------------- training
+
+
+def _training_arguments(args: TrainArgs, stage_dir: Path, seed: int, use_cpu: bool, bf16: bool,
+                        world_size: int) -> Any:
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(stage_dir),
+        run_name=stage_dir.name,
+        num_train_epochs=args.epochs_per_stage,
+        max_steps=args.max_steps_per_stage or -1,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type=args.lr_scheduler,
+        warmup_steps=args.warmup_ratio,  # a float in [0, 1) is a ratio of the stage's steps
+        weight_decay=args.weight_decay,
+        max_grad_norm=args.max_grad_norm,
+        optim=args.optim,
+        per_device_train_batch_size=args.per_device_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        seed=seed,
+        data_seed=seed,
+        full_determinism=args.full_determinism,
+        use_cpu=use_cpu,
+        bf16=bf16,
+        eval_strategy="no",
+        save_strategy="steps",
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        logging_strategy="steps",
+        logging_steps=args.logging_steps,
+        report_to=args.report_targets(),
+        disable_tqdm=True,
+        dataloader_num_workers=args.dataloader_num_workers,
+        dataloader_pin_memory=not use_cpu,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        ddp_find_unused_parameters=False if world_size > 1 else None,
+    )
+
+
+def _barrier() -> None:
+    """Wait for every process (a no-op in a single process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _stage_dir(train_dir: Path, index: int) -> Path:
+    return train_dir / f"stage-{index}"
+
+
+def _load_adapter_weights(model: Any, adapter_dir: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    result = set_peft_model_state_dict(model, load_peft_weights(str(adapter_dir), device="cpu"))
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise RunDirError(f"{adapter_dir}: adapter does not match the model ({unexpected[0]} unexpected)")
+
+
+def _write_history(train_dir: Path, stages: Sequence[Stage]) -> None:
+    entries = [read_json(_stage_dir(train_dir, s.index) / "final" / DONE_FILE)
+               for s in stages if stage_done(_stage_dir(train_dir, s.index))]
+    write_json(train_dir / "history.json",
+               {"stages": entries, "train_wall_s": sum(e["train_wall_s"] for e in entries)})
+
+
+@dataclass
+class _Session:
+    """What every stage of one ``train_stages`` call shares."""
+
+    model: Any
+    tokenizer: Any
+    train_dir: Path
+    seed: int
+    use_cpu: bool
+    bf16: bool
+    world: int
+    is_main: bool
+    progress: Any
+    callbacks: Sequence[Any]
+
+
+def _prepare_run_dir(
+    stages: Sequence[Stage], train_dir: Path, adapter_dir: Path, record: dict, resume: bool, force: bool,
+    is_main: bool, world: int,
+) -> tuple[int, Path | None]:
+    """Position of the first unfinished stage and the checkpoint to resume it from.
+
+    Every process reads the directory before the main process changes it (wipes it with
+    ``force``, deletes incomplete checkpoints and leftover temp dirs, writes config.json).
+    """
+    fresh = force or not resume
+    done = [not fresh and stage_done(_stage_dir(train_dir, s.index)) for s in stages]
+    first_open = next((i for i, d in enumerate(done) if not d), len(stages))
+    resume_from, broken = None, []
+    if first_open < len(stages) and not fresh:
+        open_dir = _stage_dir(train_dir, stages[first_open].index)
+        resume_from, broken = latest_checkpoint(open_dir, world)
+        broken += list(open_dir.glob(".final.*"))  # an interrupted atomic write of final/
+    _barrier()
+    if is_main:
+        if force:
+            shutil.rmtree(train_dir, ignore_errors=True)
+            shutil.rmtree(adapter_dir, ignore_errors=True)
+        for path in broken:
+            logger.warning("removing incomplete %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+        write_json(train_dir / "config.json", record)
+    _barrier()
+    return first_open, resume_from
+
+
+def _train_stage(
+    sess: _Session, stage: Stage, args: TrainArgs, label: str, checkpoint: Path | None,
+    optimizer_state: dict | None, keep_optimizer: bool,
+) -> dict | None:
+    """Run one stage's Trainer and write its final/ adapter; returns the optimizer state to carry."""
+    from transformers import PrinterCallback
+
+    sdir = _stage_dir(sess.train_dir, stage.index)
+    data, dropped = tokenize_records(stage.records, sess.tokenizer, args.max_length)
+    if dropped:
+        logger.warning("stage %d: dropped %d of %d records longer than max_length=%d tokens (first: %s)",
+                       stage.index, len(dropped), len(stage.records), args.max_length, dropped[0])
+    if not data:
+        raise DataError(f"stage {stage.index}: no record fits max_length={args.max_length} tokens")
+    tok = sess.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    trainer = _make_trainer_class()(
+        model=sess.model,
+        args=_training_arguments(args, sdir, sess.seed + stage.index, sess.use_cpu, sess.bf16, sess.world),
+        train_dataset=data,
+        data_collator=PadCollator(pad_id),
+        callbacks=[_progress_callback_class()(sess.progress, label), *sess.callbacks],
+        loss=args.loss,
+        optimizer_state=optimizer_state if args.optimizer_state == "keep" else None,
+    )
+    trainer.remove_callback(PrinterCallback)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    wall = time.perf_counter() - t0
+    steps_run = result.global_step - (_checkpoint_step(checkpoint) if checkpoint else 0)
+    carried = trainer.optimizer.state_dict()["state"] if keep_optimizer else None
+    summary = {
+        "stage": stage.index, "tau": stage.tau, "k": stage.k, "n_records": len(stage.records),
+        "n_dropped": len(dropped), "steps": result.global_step, "train_loss": result.training_loss,
+        "train_wall_s": wall, "s_per_step": wall / max(1, steps_run),
+        "resumed_from": checkpoint.name if checkpoint else None, "log_history": trainer.state.log_history,
+    }
+    if sess.is_main:
+        with atomic_dir(sdir / "final") as tmp:
+            sess.model.save_pretrained(str(tmp))
+            if carried is not None:
+                torch.save(carried, tmp / "optimizer.pt")
+            write_json(tmp / DONE_FILE, summary)  # last: a final/ with DONE.json is complete
+        if not args.keep_checkpoints:
+            for old in sdir.glob("checkpoint-*"):
+                shutil.rmtree(old, ignore_errors=True)
+    trainer.accelerator.free_memory()
+    _barrier()
+    return carried
+
+
+def train_stages(
+    stages: Sequence[Stage],
+    *,
+    model_name: str,
+    lora: LoraArgs,
+    args: TrainArgs,
+    run_dir: Path,
+    resume: bool = False,
+    force: bool = False,
+    callbacks: Sequence[Any] = (),
+) -> Path:
+    """Train one LoRA adapter on ``stages`` in order; returns ``run_dir/adapter``.
+
+    Each stage continues from the adapter weights the previous stage ended with. ``resume``
+    continues an interrupted run (see the module docstring); ``force`` deletes an existing
+    one. ``callbacks`` are extra ``TrainerCallback`` objects added to every stage's Trainer.
+    """
+    from accelerate import PartialState
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    from .models import load_model, pick_dtype, set_cpu_threads
+
+    if not stages:
+        raise ConfigError("no stages to train")
+    lora.validate()
+    args.validate()
+    unknown = sorted(set(args.stage_overrides) - {s.index for s in stages})
+    if unknown:
+        raise ConfigError(f"train.stage_overrides: no stage {unknown[0]} "
+                          f"(stages: {', '.join(str(s.index) for s in stages)})")
+    stage_args = [args.for_stage(s.index) for s in stages]
+    run_dir = Path(run_dir)
+    train_dir, adapter_dir = run_dir / "train", run_dir / "adapter"
+    if args.num_threads:
+        set_cpu_threads(args.num_threads)
+
+    record = train_record(stages, model_name, lora, args)
+    _check_run_dir(train_dir, adapter_dir, record, resume, force)
+    # accelerate treats a CUDA-less machine as multi-CPU only when asked for the CPU explicitly.
+    use_cpu = args.use_cpu or not torch.cuda.is_available()
+    state = PartialState(cpu=use_cpu)  # under torchrun / accelerate launch: joins the process group
+    is_main, world = state.is_main_process, state.num_processes
+    first_open, resume_from = _prepare_run_dir(stages, train_dir, adapter_dir, record, resume, force, is_main, world)
+    if first_open == len(stages) and adapter_dir.is_dir():
+        return adapter_dir
+
+    dtype = pick_dtype("cpu" if use_cpu else "cuda")
+    base, tokenizer = load_model(model_name, dtype=dtype, device="cpu")  # the Trainer places it
+    set_seed(args.seed)
+    model = get_peft_model(base, lora.to_peft())
+    carried: dict | None = None
+    if first_open > 0:
+        previous = _stage_dir(train_dir, stages[first_open - 1].index) / "final"
+        _load_adapter_weights(model, previous)
+        if first_open < len(stages) and stage_args[first_open].optimizer_state == "keep":
+            carried = torch.load(previous / "optimizer.pt", map_location="cpu", weights_only=True)
+
+    with _make_progress(is_main) as progress:
+        sess = _Session(model, tokenizer, train_dir, args.seed, use_cpu, dtype == torch.bfloat16, world, is_main,
+                        progress, callbacks)
+        for pos in range(first_open, len(stages)):
+            keep_next = pos + 1 < len(stages) and stage_args[pos + 1].optimizer_state == "keep"
+            carried = _train_stage(sess, stages[pos], stage_args[pos], f"stage {pos + 1}/{len(stages)}",
+                                   resume_from if pos == first_open else None, carried, keep_next)
+            if is_main:
+                _write_history(train_dir, stages)
+
+    if is_main:
+        last_final = _stage_dir(train_dir, stages[-1].index) / "final"
+        with atomic_dir(adapter_dir) as tmp:
+            for item in last_final.iterdir():
+                if item.is_file() and item.name not in (DONE_FILE, "optimizer.pt"):
+                    shutil.copy2(item, tmp / item.name)
+    _barrier()
+    return adapter_dir
+
+
+def stage_history(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/train/history.json`` (per-stage loss curves), or an empty history."""
+    path = Path(run_dir) / "train" / "history.json"
+    return read_json(path) if path.is_file() else {"stages": [], "train_wall_s": 0.0}
+
+
+__all__ = [
+    "LoraArgs", "TrainArgs", "PadCollator", "answer_loss", "latest_checkpoint", "stage_done",
+    "stage_history", "tokenize_records", "train_record", "train_stages",
+]

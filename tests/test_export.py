@@ -1,0 +1,95 @@
+"""Exported adapters and merged models reload unchanged and give the trained model's logits."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from promptintern.errors import RunDirError
+from promptintern.export import export
+from promptintern.io import write_json
+from promptintern.models import load_model, resolve_model_path
+from promptintern.train import LoraArgs, train_stages
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_fixtures import toy_args, toy_stages  # noqa: E402
+
+
+class KeepModel(TrainerCallback):
+    model = None
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.model = model
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-stage run and its model as it is in memory at the end of training."""
+    run_dir = tmp_path_factory.mktemp("run")
+    keep = KeepModel()
+    train_stages(toy_stages(2), model_name="tiny-random", lora=LoraArgs(), args=toy_args(max_steps_per_stage=3),
+                 run_dir=run_dir, callbacks=[keep])
+    model = keep.model.eval()
+    _, tok = load_model("tiny-random")
+    text = tok.apply_chat_template(toy_stages(2)[1].records[0].messages, tokenize=False, add_generation_prompt=True)
+    ids = tok(text + "7", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    return run_dir, ids, logits
+
+
+def test_adapter_export_reloads_with_peft(trained, tmp_path):
+    from peft import PeftModel
+
+    run_dir, ids, expected = trained
+    out = export(run_dir, tmp_path / "adapter", model_card={"task": "toy"})
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()}
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(resolve_model_path("tiny-random"))
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"], dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(out)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, expected, atol=1e-5, rtol=0)
+    card = (out / "README.md").read_text()
+    assert "tiny-random" in card and "| stage |" in card and "task: toy" in card
+    assert AutoTokenizer.from_pretrained(str(out)).chat_template
+
+
+def test_merged_export_reloads_with_transformers(trained, tmp_path):
+    run_dir, ids, expected = trained
+    write_json(run_dir / "metrics.json", {"task": "toy", "metric": "exact_match", "n_test": 2,
+                                          "systems": {"promptintern": {"tau": 0.0, "k": 0, "exact_match": 0.5}}})
+    try:
+        out = export(run_dir, tmp_path / "merged", merge=True)
+    finally:
+        (run_dir / "metrics.json").unlink()
+    model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, expected, atol=1e-5, rtol=0)
+    assert not any(n.endswith(("lora_A.weight", "lora_B.weight")) for n, _ in model.named_parameters())
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert tok.chat_template and (out / "generation_config.json").is_file()
+    assert model.generation_config.eos_token_id is not None
+    card = (out / "README.md").read_text()
+    assert "## Evaluation" in card and "exact_match" in card and "0.5" in card
+
+
+def test_export_refuses_to_overwrite_or_to_export_nothing(trained, tmp_path):
+    run_dir, _, _ = trained
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="--force"):
+        export(run_dir, tmp_path / "busy")
+    assert (tmp_path / "busy" / "file.txt").read_text() == "mine"
+    export(run_dir, tmp_path / "busy", force=True)
+    assert not (tmp_path / "busy" / "file.txt").exists()
+    with pytest.raises(RunDirError, match="no trained adapter"):
+        export(tmp_path / "empty-run", tmp_path / "out")
+    with pytest.raises(RunDirError, match="other than the run directory"):
+        export(run_dir, run_dir / "adapter", force=True)
