@@ -1,0 +1,125 @@
+"""The ``promptintern`` command: parses arguments and dispatches; the work lives elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+from collections.abc import Sequence
+
+from .errors import UserError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="YAML run config (default: built-in defaults)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.learning_rate=1e-4 (repeatable)")
+
+
+def _add_run_dir_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same directory")
+    p.add_argument("--force", action="store_true", help="wipe an existing run directory first")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="promptintern",
+        description="Internalize a recurring prompt into a model by progressive LoRA fine-tuning.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: cores available)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("show-prompt", help="print a task's full prompt and a table of tokens per part")
+    p.add_argument("--task", required=True, help="nl2bash, mbpp or a YAML task spec")
+    p.add_argument("--index", type=int, default=0, help="test instance to show")
+    p.add_argument("--k", type=int, default=3, help="retrieved examples to include")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--model", default="smollm2-135m", help="model whose tokenizer counts tokens")
+
+    p = sub.add_parser("show-stages", help="print per-stage τ, k and prompt tokens of a config")
+    _add_config_args(p)
+    p.add_argument("--show-example", action="store_true", help="also print one rendered prompt per stage")
+
+    for name, text in (("train", "prepare the stages and train the adapter"),
+                       ("run", "prepare → train → infer on the test split → evaluate → report")):
+        p = sub.add_parser(name, help=text)
+        _add_config_args(p)
+        _add_run_dir_args(p)
+
+    p = sub.add_parser("infer", help="answer queries with a trained run (the method's own prompt)")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--input", required=True, help="JSONL with 'query' (and optional 'id') per line")
+    p.add_argument("--output", required=True, help="predictions JSONL to write")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--prefix-cache", action="store_true", help="reuse the template's KV cache (batch 1)")
+    p.add_argument("--no-resume", action="store_true", help="ignore predictions already written")
+
+    p = sub.add_parser("eval", help="score a predictions file against a task's test split")
+    p.add_argument("--task", required=True)
+    p.add_argument("--predictions", required=True, help="JSONL of {'id', 'prediction'}")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default=None, help="directory for metrics.json (default: beside the predictions)")
+
+    p = sub.add_parser("export", help="write the adapter or the merged model as a standard HF directory")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--merge", action="store_true", help="merge the adapter into the base weights")
+
+    p = sub.add_parser("data", help="data utilities")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    d = dsub.add_parser("download", help="fetch the public NL2Bash and MBPP files")
+    d.add_argument("--dest", default=None, help="target directory (default: $PROMPTINTERN_DATA_DIR or ./data)")
+
+    p = sub.add_parser("config", help="print every config field with its default and help")
+    p.add_argument("config", nargs="?", help="also validate this YAML config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (weight-loading bars, deprecation notes) out of the user's terminal."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from . import commands
+
+    handler = getattr(commands, "cmd_" + args.command.replace("-", "_"))
+    return int(handler(args) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = args.debug or bool(os.environ.get("PROMPTINTERN_DEBUG"))
+    try:
+        quiet_libraries()
+        return dispatch(args)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"promptintern: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC or debug:
+            raise
+        print(f"promptintern: error: disk full ({exc.filename or 'while writing'}); "
+              "free space and rerun with --resume", file=sys.stderr)
+        return 6
+    except KeyboardInterrupt:
+        print("promptintern: interrupted (rerun with --resume to continue)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

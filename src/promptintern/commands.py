@@ -1,0 +1,123 @@
+"""Command handlers: turn parsed arguments into library calls and print the results."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import DataError
+
+
+def _console() -> Console:
+    return Console(highlight=False)
+
+
+def _threads(args: argparse.Namespace) -> None:
+    from .models import set_cpu_threads
+
+    set_cpu_threads(args.threads)
+
+
+def _config(args: argparse.Namespace):
+    from .config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from .config import RunConfig
+    from .configtools import describe
+
+    if args.config or args.set:
+        _config(args)
+        _console().print(f"[green]valid[/green]: {args.config or 'defaults'}")
+        return 0
+    table = Table("key", "default", "help", title="promptintern run config")
+    for key, default, text in describe(RunConfig):
+        table.add_row(key, default, text)
+    _console().print(table)
+    return 0
+
+
+def cmd_show_prompt(args: argparse.Namespace) -> int:
+    from .show import prompt_anatomy
+
+    _threads(args)
+    prompt_anatomy(args.task, args.index, args.k, args.data_dir, args.model, _console())
+    return 0
+
+
+def cmd_show_stages(args: argparse.Namespace) -> int:
+    from .show import stage_table
+
+    _threads(args)
+    stage_table(_config(args), args.show_example, _console())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .pipeline import train
+
+    _threads(args)
+    adapter = train(_config(args), resume=args.resume, force=args.force)
+    _console().print(f"adapter: {adapter}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import run
+    from .report import print_summary
+
+    _threads(args)
+    result = run(_config(args), resume=args.resume, force=args.force)
+    print_summary(result, _console())
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from .pipeline import infer_file
+
+    _threads(args)
+    stats = infer_file(
+        Path(args.run), Path(args.input), Path(args.output), batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, prefix_cache=args.prefix_cache, resume=not args.no_resume,
+    )
+    _console().print(
+        f"{stats['n']} predictions → {args.output}  ({stats['throughput_qps']:.2f} queries/s, "
+        f"{stats['input_tokens_mean']:.0f} input tokens/query)"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_file, format_table
+
+    preds = Path(args.predictions)
+    out = Path(args.out) if args.out else preds.parent
+    metrics = evaluate_file(args.task, preds, args.data_dir, out)
+    _console().print(format_table(metrics))
+    _console().print(f"metrics → {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    out = export(Path(args.run), Path(args.out), merge=args.merge)
+    _console().print(f"exported {'merged model' if args.merge else 'adapter'} → {out}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .tasks.download import download
+
+    dest = args.dest or os.environ.get("PROMPTINTERN_DATA_DIR") or "data"
+    if args.data_command != "download":
+        raise DataError(f"unknown data action {args.data_command!r}")
+    for path in download(Path(dest)):
+        _console().print(f"wrote {path}")
+    return 0

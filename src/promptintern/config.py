@@ -1,0 +1,105 @@
+"""The run configuration: one YAML file, every field documented and validated.
+
+Each component owns its own dataclass (``Schedule``, ``CompressConfig``, ``RetrieveConfig``,
+``LoraArgs``, ``TrainArgs``, ``InferArgs``); :class:`RunConfig` only composes them. Load with
+:func:`load_config`, which applies ``--set key=value`` overrides before validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .compress import CompressConfig
+from .configtools import apply_overrides, from_dict, load_yaml, to_dict
+from .errors import ConfigError
+from .infer import InferArgs
+from .methods import METHOD_NAMES
+from .retrieve import RetrieveConfig
+from .schedule import Schedule
+from .stages import STAGE_MODES
+from .train import LoraArgs, TrainArgs
+
+BASELINES = ("base-full", "base-query")
+
+
+@dataclass
+class DataArgs:
+    """Which instances a run uses."""
+
+    train_size: int | None = field(default=None, metadata={"help": "Use at most this many training instances (seeded sample); null = all."})
+    test_size: int | None = field(default=None, metadata={"help": "Evaluate on the first N test instances; null = the whole test split."})
+    stage_mode: str = field(default="revisit", metadata={"help": "'revisit': every stage sees all training instances (the paper); 'slice': disjoint slices per stage (same total work as one pass).", "choices": STAGE_MODES})
+    seed: int = field(default=0, metadata={"help": "Seed of the training sample and of the stage slices."})
+
+    def validate(self) -> None:
+        for name in ("train_size", "test_size"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"data.{name} must be >= 1 or null, got {v}")
+
+
+@dataclass
+class EvalArgs:
+    """How predictions are scored."""
+
+    workers: int | None = field(default=None, metadata={"help": "Parallel sandboxes for MBPP (default: CPU count)."})
+    timeout_s: float = field(default=10.0, metadata={"help": "Wall-clock limit per MBPP program, seconds."})
+    bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for 95% confidence intervals."})
+
+
+@dataclass
+class RunConfig:
+    """A complete promptintern run: prepare → train → infer → evaluate → report."""
+
+    task: str = field(default="nl2bash", metadata={"help": "Task name (nl2bash, mbpp) or path to a YAML task spec."})
+    task_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "Options of the task (e.g. NL2Bash train_size/test_size/seed of the split)."})
+    data_dir: str | None = field(default=None, metadata={"help": "Data directory; default $PROMPTINTERN_DATA_DIR."})
+    model: str = field(default="smollm2-135m", metadata={"help": "Base model: alias (smollm2-135m, tiny-random), local HF directory or hub id."})
+    method: str = field(default="promptintern", metadata={"help": "Method to train and serve (see promptintern.methods).", "choices": METHOD_NAMES})
+    compressed_tau: float = field(default=0.3, metadata={"help": "Template rate the 'compressed' baseline trains and serves with."})
+    baselines: list[str] = field(default_factory=lambda: ["base-full"], metadata={"help": "Untrained references served on the same test set: base-full (base model, full prompt), base-query (base model, query alone)."})
+    output_dir: str = field(default="runs/default", metadata={"help": "Run directory (config, stages, checkpoints, predictions, report)."})
+    data: DataArgs = field(default_factory=DataArgs, metadata={"help": "Instance selection."})
+    schedule: Schedule = field(default_factory=Schedule, metadata={"help": "Stage schedule of τ and k."})
+    compress: CompressConfig = field(default_factory=CompressConfig, metadata={"help": "Template compressor."})
+    retrieve: RetrieveConfig = field(default_factory=RetrieveConfig, metadata={"help": "Example retriever."})
+    lora: LoraArgs = field(default_factory=LoraArgs, metadata={"help": "LoRA adapter."})
+    train: TrainArgs = field(default_factory=TrainArgs, metadata={"help": "Optimisation per stage."})
+    infer: InferArgs = field(default_factory=InferArgs, metadata={"help": "Generation."})
+    eval: EvalArgs = field(default_factory=EvalArgs, metadata={"help": "Scoring."})
+
+    def validate(self) -> None:
+        bad = [b for b in self.baselines if b not in BASELINES]
+        if bad:
+            raise ConfigError(f"baselines: unknown {bad[0]!r}; choose from {', '.join(BASELINES)}")
+        if not 0.0 <= self.compressed_tau <= 1.0:
+            raise ConfigError(f"compressed_tau must be in [0, 1], got {self.compressed_tau}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (not output_dir, progress or threads)."""
+        d = self.to_dict()
+        d.pop("output_dir", None)
+        for section, key in (("infer", "progress"), ("infer", "num_threads"), ("train", "num_threads"), ("train", "report_to")):
+            d.get(section, {}).pop(key, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_config(path: str | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML run config (or the defaults when ``path`` is None) with overrides applied."""
+    raw = load_yaml(path) if path else {}
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return from_dict(RunConfig, raw, where="config")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from exc

@@ -1,0 +1,312 @@
+"""The end-to-end run: prepare → train (staged) → infer → evaluate → report.
+
+Run directory (everything written atomically; each step is skipped on ``--resume`` when its
+output exists):
+
+    run_dir/run.json            config fingerprint (guards against mixing configs)
+    run_dir/config.yaml         the resolved config
+    run_dir/retriever/          persisted retrieval index
+    run_dir/stages/stage-i.jsonl  stage datasets; fingerprints in run_dir/stages/fingerprints.json
+    run_dir/train/...           checkpoints (see promptintern.train); run_dir/adapter/ the result
+    run_dir/predictions/<name>.jsonl  predictions of each served system
+    run_dir/metrics.json, report.md, plots/*.png
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .errors import ConfigError, DataError, RunDirError
+from .io import read_json, write_json, write_text
+from .methods import MethodPlan, plan
+from .prompt import EMPTY_TEMPLATE, Template, to_messages
+from .retrieve import Retriever
+from .stages import Stage, build_prompt, build_stages, load_stages, save_stages
+from .tasks import get_task
+from .tasks.base import Instance, Task
+
+
+@dataclass
+class Templates:
+    """The task template at each rate τ, compressed once per rate (and cached on disk)."""
+
+    task: Task
+    cfg: RunConfig
+    _memo: dict[float, Template] = field(default_factory=dict)
+    _compressor: Any = None
+
+    def at(self, tau: float) -> Template:
+        tau = round(float(tau), 6)
+        if tau <= 0:
+            return EMPTY_TEMPLATE
+        if tau >= 1:
+            return self.task.template
+        if tau not in self._memo:
+            from .compress import build_compressor, compress_template
+            from .models import load_model
+
+            if self._compressor is None:
+                ccfg = self.cfg.compress
+                if not ccfg.force_keep and self.task.force_keep:
+                    ccfg = type(ccfg)(**{**ccfg.__dict__, "force_keep": list(self.task.force_keep)})
+                self._compressor = build_compressor(ccfg, load_model)
+            self._memo[tau] = compress_template(self.task.template, tau, self._compressor)
+        return self._memo[tau]
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs before the model: data, plan, retriever, templates, stages."""
+
+    cfg: RunConfig
+    task: Task
+    train: list[Instance]
+    test: list[Instance]
+    plan: MethodPlan
+    retriever: Retriever | None
+    templates: Templates
+    stages: list[Stage]
+
+
+def open_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
+    """Create or reopen the run directory, refusing to mix two configs in one directory."""
+    run_dir = Path(cfg.output_dir)
+    marker = run_dir / "run.json"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if force:
+            shutil.rmtree(run_dir)
+        elif not marker.is_file():
+            raise RunDirError(f"{run_dir} exists and is not a promptintern run; use --force to overwrite it")
+        elif read_json(marker).get("fingerprint") != cfg.fingerprint():
+            raise RunDirError(f"{run_dir} was created by a different config; use --force to overwrite it")
+        elif not resume:
+            raise RunDirError(f"{run_dir} already holds this run; use --resume to continue or --force to restart")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"fingerprint": cfg.fingerprint()})
+    write_text(run_dir / "config.yaml", cfg.to_yaml())
+    return run_dir
+
+
+def load_data(cfg: RunConfig) -> tuple[Task, list[Instance], list[Instance]]:
+    """The task and its (possibly subsampled) training and test instances."""
+    task = get_task(cfg.task, **cfg.task_options)
+    train = task.load_split("train", cfg.data_dir)
+    test = task.load_split("test", cfg.data_dir)
+    if not train:
+        raise DataError(f"task {task.name}: the training split is empty")
+    if not test:
+        raise DataError(f"task {task.name}: the test split is empty")
+    if cfg.data.train_size is not None and cfg.data.train_size < len(train):
+        train = random.Random(cfg.data.seed).sample(train, cfg.data.train_size)
+    if cfg.data.test_size is not None:
+        test = test[: cfg.data.test_size]
+    return task, train, test
+
+
+def build_retriever(cfg: RunConfig, train: Sequence[Instance], run_dir: Path | None) -> Retriever:
+    """Load the persisted index when it matches the pool, else build and persist it."""
+    index_dir = run_dir / "retriever" if run_dir else None
+    if index_dir is not None and index_dir.exists():
+        loaded = Retriever.load(index_dir, list(train))
+        if loaded is not None:
+            return loaded
+    retriever = Retriever.build(list(train), cfg.retrieve)
+    if index_dir is not None:
+        retriever.save(index_dir)
+    return retriever
+
+
+@dataclass
+class Checked:
+    """Inputs validated before anything is written: the task, its data and the method plan."""
+
+    task: Task
+    train: list[Instance]
+    test: list[Instance]
+    plan: MethodPlan
+
+
+def check(cfg: RunConfig) -> Checked:
+    """Validate everything a run depends on (data, schedule, pool size, model) without writing."""
+    from .models import load_tokenizer
+
+    task, train, test = load_data(cfg)
+    cfg.schedule.validate()
+    p = plan(cfg.method, cfg.schedule, cfg.compressed_tau)
+    k_max = max([pt.k for pt in p.points] + [p.serve_k])
+    if k_max > len(train) - 1:
+        raise ConfigError(f"k={k_max} examples requested but the training pool has only {len(train)} instances")
+    load_tokenizer(cfg.model)  # unknown names and unreachable hub ids fail here, before any write
+    return Checked(task, train, test, p)
+
+
+def prepare(cfg: RunConfig, run_dir: Path | None = None, checked: Checked | None = None) -> Prepared:
+    """Retrieve neighbours and build (or reload) the stage datasets of a checked config."""
+    c = checked or check(cfg)
+    k_max = max([pt.k for pt in c.plan.points] + [c.plan.serve_k])
+    retriever = build_retriever(cfg, c.train, run_dir) if k_max > 0 else None
+    templates = Templates(c.task, cfg)
+    stages = _stages(cfg, c.task, c.train, c.plan, retriever, templates, run_dir)
+    return Prepared(cfg, c.task, c.train, c.test, c.plan, retriever, templates, stages)
+
+
+def _stages(cfg, task, train, p, retriever, templates, run_dir) -> list[Stage]:
+    stage_dir = run_dir / "stages" if run_dir else None
+    if stage_dir is not None and (stage_dir / "fingerprints.json").is_file():
+        loaded = load_stages(stage_dir, len(p.points))
+        if loaded is not None:
+            return loaded
+    k_train = max((pt.k for pt in p.points), default=0)
+    neighbours = {}
+    if retriever is not None and k_train > 0:
+        from .retrieve import retrieve_all
+
+        neighbours = retrieve_all(retriever, train, k_train, same_pool=True)
+    stages = build_stages(task, train, p.points, templates.at, neighbours, cfg.data.stage_mode, cfg.data.seed)
+    if stage_dir is not None:
+        prints = save_stages(stages, stage_dir)
+        write_json(stage_dir / "fingerprints.json", prints)  # written last: marks the set complete
+    return stages
+
+
+def serving_messages(prep: Prepared, instances: Sequence[Instance], tau: float, k: int) -> list[tuple[str, list]]:
+    """(id, chat messages) for each instance, as the method is served: template at τ, top-k examples."""
+    template = prep.templates.at(tau)
+    out = []
+    for inst in instances:
+        examples = prep.retriever.topk(inst.query, k, exclude_id=inst.id) if k > 0 and prep.retriever else []
+        prompt = build_prompt(prep.task, inst.query, template, examples, k)
+        out.append((inst.id, to_messages(prompt, prep.task.format)))
+    return out
+
+
+# ---------------------------------------------------------------- train / infer / run
+
+
+def train(cfg: RunConfig, resume: bool = False, force: bool = False) -> Path | None:
+    """Prepare the stages and train the method's adapter; returns its directory (None for ``base``)."""
+    checked = check(cfg)
+    run_dir = open_run_dir(cfg, resume, force)
+    prep = prepare(cfg, run_dir, checked)
+    return _train(prep, run_dir, resume)
+
+
+def _train(prep: Prepared, run_dir: Path, resume: bool) -> Path | None:
+    from .train import train_stages
+
+    if not prep.plan.trains:
+        return None
+    final = run_dir / "adapter"
+    if final.is_dir():
+        return final
+    return train_stages(
+        prep.stages, model_name=prep.cfg.model, lora=prep.cfg.lora, args=prep.cfg.train,
+        run_dir=run_dir, resume=resume,
+    )
+
+
+def _serve(prep: Prepared, name: str, model: Any, tokenizer: Any, items: list, run_dir: Path,
+           prefix_cache: bool = False) -> dict[str, Any]:
+    """Generate predictions for ``items`` into ``predictions/<name>.jsonl`` (resumable)."""
+    from dataclasses import replace
+
+    from .infer import run_inference
+
+    args = replace(prep.cfg.infer, prefix_cache=prefix_cache)
+    return run_inference(model, tokenizer, items, run_dir / "predictions" / f"{name}.jsonl", args, resume=True)
+
+
+def systems(prep: Prepared) -> dict[str, tuple[bool, float, int]]:
+    """Served systems: name → (uses the adapter, τ, k). The method plus configured base references."""
+    cfg, p = prep.cfg, prep.plan
+    out = {cfg.method: (p.trains, p.serve_tau, p.serve_k)}
+    refs = {"base-full": (False, cfg.schedule.tau0, cfg.schedule.k), "base-query": (False, 0.0, 0)}
+    for name in cfg.baselines:
+        out.setdefault(name, refs[name])
+    return out
+
+
+def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, Any]:
+    """The whole job; returns the metrics dict also written to ``run_dir/metrics.json``."""
+    import time
+
+    from .evaluate import score
+    from .infer import load_for_inference
+    from .models import load_model
+    from .report import write_report
+
+    checked = check(cfg)
+    run_dir = open_run_dir(cfg, resume, force)
+    prep = prepare(cfg, run_dir, checked)
+    t0 = time.perf_counter()
+    adapter = _train(prep, run_dir, resume)
+    train_info = _train_info(run_dir, time.perf_counter() - t0)
+    results: dict[str, Any] = {}
+    base = None
+    for name, (uses_adapter, tau, k) in systems(prep).items():
+        if uses_adapter:
+            model, tok = load_for_inference(cfg.model, adapter)
+        else:
+            base = base or load_model(cfg.model)
+            model, tok = base
+        items = serving_messages(prep, prep.test, tau, k)
+        stats = _serve(prep, name, model, tok, items, run_dir)
+        preds = _read_predictions(run_dir / "predictions" / f"{name}.jsonl")
+        scored = score(prep.task.metric, preds, prep.test, bootstrap=cfg.eval.bootstrap,
+                       workers=cfg.eval.workers, timeout_s=cfg.eval.timeout_s)
+        results[name] = {"tau": tau, "k": k, "trained": uses_adapter, **stats, **scored}
+    metrics = {"task": prep.task.name, "metric": prep.task.metric, "model": cfg.model, "method": cfg.method,
+               "schedule": [{"stage": s.index, "tau": s.tau, "k": s.k, "n": len(s.records)} for s in prep.stages],
+               "n_train": len(prep.train), "n_test": len(prep.test), "train": train_info, "systems": results}
+    write_json(run_dir / "metrics.json", metrics)
+    write_report(metrics, run_dir)
+    return metrics
+
+
+def _train_info(run_dir: Path, wall: float) -> dict[str, Any]:
+    hist = run_dir / "train" / "history.json"
+    info: dict[str, Any] = {"wall_s_this_session": wall}
+    if hist.is_file():
+        info["history"] = read_json(hist)
+    return info
+
+
+def _read_predictions(path: Path) -> dict[str, str]:
+    from .io import read_jsonl
+
+    return {str(r["id"]): r["prediction"] for r in read_jsonl(path, required=("id", "prediction"))}
+
+
+def infer_file(run_dir: Path, input_path: Path, output: Path, *, batch_size: int | None = None,
+               max_new_tokens: int | None = None, prefix_cache: bool = False, resume: bool = True) -> dict[str, Any]:
+    """Answer the queries of ``input_path`` with the run's method, served with its own prompt."""
+    from dataclasses import replace
+
+    from .config import load_config
+    from .infer import load_for_inference, run_inference
+    from .io import read_jsonl
+    from .models import load_model
+
+    if not (run_dir / "config.yaml").is_file():
+        raise RunDirError(f"{run_dir} is not a promptintern run directory (no config.yaml)")
+    cfg = load_config(str(run_dir / "config.yaml"))
+    rows = read_jsonl(input_path, required=("query",))
+    if not rows:
+        raise DataError(f"{input_path}: no queries")
+    queries = [Instance(id=str(r.get("id", i)), query=str(r["query"]), answer="") for i, r in enumerate(rows)]
+    prep = prepare(cfg, run_dir)
+    adapter = run_dir / "adapter"
+    if prep.plan.trains and not adapter.is_dir():
+        raise RunDirError(f"{run_dir} has no trained adapter yet; run 'promptintern train' first")
+    model, tok = load_for_inference(cfg.model, adapter) if prep.plan.trains else load_model(cfg.model)
+    args = replace(cfg.infer, prefix_cache=prefix_cache,
+                   batch_size=batch_size or cfg.infer.batch_size,
+                   max_new_tokens=max_new_tokens or cfg.infer.max_new_tokens)
+    items = serving_messages(prep, queries, prep.plan.serve_tau, prep.plan.serve_k)
+    return run_inference(model, tok, items, output, args, resume=resume)

@@ -1,0 +1,116 @@
+"""Reports a person can read: a Markdown summary, PNG plots and a before/after console table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .io import atomic_path, write_text
+
+
+def _metric(system: dict[str, Any], name: str) -> float | None:
+    return system.get("metrics", {}).get(name)
+
+
+def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per served system: tokens, latency, throughput and the task metric with its CI."""
+    key = metrics["metric"]
+    rows = []
+    for name, s in metrics["systems"].items():
+        ci = s.get("ci95", {}).get(key)
+        rows.append({
+            "system": name, "tau": s["tau"], "k": s["k"], "trained": s["trained"],
+            "input_tokens": s.get("input_tokens_mean", 0.0), "output_tokens": s.get("output_tokens_mean", 0.0),
+            "latency_s": s.get("latency_s_mean", 0.0), "qps": s.get("throughput_qps", 0.0),
+            "metric": _metric(s, key), "ci": ci,
+        })
+    return rows
+
+
+def markdown_table(metrics: dict[str, Any]) -> str:
+    key = metrics["metric"]
+    lines = [f"| system | τ | k | trained | input tokens/query | latency s/query | queries/s | {key} (95% CI) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in summary_rows(metrics):
+        ci = f" [{r['ci'][0]:.1f}, {r['ci'][1]:.1f}]" if r["ci"] else ""
+        val = "n/a" if r["metric"] is None else f"{r['metric']:.1f}{ci}"
+        lines.append(f"| {r['system']} | {r['tau']:.2f} | {r['k']} | {'yes' if r['trained'] else 'no'} | "
+                     f"{r['input_tokens']:.0f} | {r['latency_s']:.3f} | {r['qps']:.2f} | {val} |")
+    return "\n".join(lines)
+
+
+def write_report(metrics: dict[str, Any], run_dir: Path) -> Path:
+    """Write ``report.md`` and ``plots/*.png`` into ``run_dir``; returns the report path."""
+    plots = write_plots(metrics, run_dir / "plots")
+    stages = "\n".join(f"| {s['stage']} | {s['tau']:.2f} | {s['k']} | {s['n']} |" for s in metrics["schedule"])
+    parts = [
+        f"# promptintern run: {metrics['task']} · {metrics['method']} · {metrics['model']}",
+        f"{metrics['n_train']} training instances, {metrics['n_test']} test queries.",
+        "## Results", markdown_table(metrics),
+        "## Stages", "| stage | τ | k | instances |\n|---|---|---|---|\n" + stages,
+        "## Plots", *[f"![{p.stem}](plots/{p.name})" for p in plots],
+    ]
+    path = run_dir / "report.md"
+    write_text(path, "\n\n".join(parts) + "\n")
+    return path
+
+
+def write_plots(metrics: dict[str, Any], out: Path) -> list[Path]:
+    """Accuracy vs input tokens, latency per query, and per-stage training loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows, key, written = summary_rows(metrics), metrics["metric"], []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        if r["metric"] is not None:
+            ax.scatter(r["input_tokens"], r["metric"], s=40)
+            ax.annotate(r["system"], (r["input_tokens"], r["metric"]), textcoords="offset points", xytext=(5, 3))
+    ax.set(xlabel="input tokens per query", ylabel=key, title=f"{metrics['task']}: {key} vs prompt length")
+    written.append(_save(fig, out / "accuracy_vs_tokens.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.barh([r["system"] for r in rows], [r["latency_s"] for r in rows])
+    ax.set(xlabel="seconds per query (batch wall time / queries)", title="latency per query")
+    written.append(_save(fig, out / "latency.png"))
+
+    history = metrics.get("train", {}).get("history")
+    if history:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        offset = 0
+        for stage in history.get("stages", []):
+            steps = [offset + p["step"] for p in stage["log_history"] if "loss" in p]
+            ax.plot(steps, [p["loss"] for p in stage["log_history"] if "loss" in p], label=f"stage {stage['stage']}")
+            offset = steps[-1] if steps else offset
+        ax.set(xlabel="optimizer step", ylabel="training loss", title="loss per stage")
+        ax.legend()
+        written.append(_save(fig, out / "train_loss.png"))
+    plt.close("all")
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return path
+
+
+def print_summary(metrics: dict[str, Any], console: Console) -> None:
+    """The before/after table: every served system side by side."""
+    key = metrics["metric"]
+    table = Table("system", "prompt", "input tokens", "latency s/query", f"{key} (95% CI)",
+                  title=f"{metrics['task']} · {metrics['n_test']} test queries · {metrics['model']}")
+    for r in summary_rows(metrics):
+        prompt = "query alone" if r["tau"] == 0 and r["k"] == 0 else f"τ={r['tau']:.2f}, k={r['k']}"
+        ci = f" [{r['ci'][0]:.1f}, {r['ci'][1]:.1f}]" if r["ci"] else ""
+        val = "n/a" if r["metric"] is None else f"{r['metric']:.1f}{ci}"
+        table.add_row(r["system"], prompt, f"{r['input_tokens']:.0f}", f"{r['latency_s']:.3f}", val)
+    console.print(table)
