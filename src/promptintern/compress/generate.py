@@ -166,5 +166,14 @@ class GenerateCompressor:
         budget = math.ceil(1.5 * rate * self.backend.count(text))
         max_tokens = max(1, min(budget, self.max_new_tokens) if self.max_new_tokens else budget)
         out = self.backend.complete(shorten_prompt(text, words, self.force_keep), max_tokens).strip()
+        out = self._fit(out, max_tokens)
         cache.put(key, {"rate": rate, "backend": self.backend.ident, "max_tokens": max_tokens, "text": out})
         return out
+
+    def _fit(self, out: str, max_tokens: int) -> str:
+        """Drop trailing words until the text re-tokenizes within the cap: a decoded string can
+        split into more tokens than were generated, and the cap is a promise about the result."""
+        words = out.split(" ")
+        while len(words) > 1 and self.backend.count(" ".join(words)) > max_tokens:
+            words.pop()
+        return " ".join(words)
