@@ -47,6 +47,17 @@ def check_rate(rate: float) -> float:
     return value
 
 
+def trivial_result(text: str, rate: float) -> str | None:
+    """The answer that needs no compressor: the text itself at rate 1, '' at rate 0 or for blank
+    text; None when real compression is needed. Validates ``rate`` first."""
+    rate = check_rate(rate)
+    if rate >= 1.0:
+        return text
+    if rate <= 0.0 or not text.strip():
+        return ""
+    return None
+
+
 @dataclass
 class Scaled:
     """Runs ``inner`` at ``min(1, rate · scale)``: e.g. keep the instruction longer than the docs."""

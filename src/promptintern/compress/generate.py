@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ConfigError, ModelError
-from .base import ResultCache, check_rate, model_fingerprint, sha256_text
+from .base import ResultCache, model_fingerprint, sha256_text, trivial_result
 
 PROMPT_VERSION = 1
 CHARS_PER_TOKEN = 4.0  # token estimate for endpoints, whose tokenizer we do not have
@@ -149,11 +149,9 @@ class GenerateCompressor:
     name: str = "generate"
 
     def compress(self, text: str, rate: float) -> str:
-        rate = check_rate(rate)
-        if rate >= 1.0:
-            return text
-        if rate <= 0.0 or not text.strip():
-            return ""
+        if (done := trivial_result(text, rate)) is not None:
+            return done
+        rate = float(rate)
         cache = ResultCache(self.cache_dir, "generate")
         key = cache.key(
             prompt=PROMPT_VERSION, text=sha256_text(text), rate=round(rate, 6), backend=self.backend.ident,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .base import ResultCache, check_rate, model_fingerprint, sha256_text
+from .base import ResultCache, model_fingerprint, sha256_text, trivial_result
 
 INSTALL_HINT = (
     "pip install promptintern[llmlingua]; LLMLingua-2 also needs a local classifier model directory "
@@ -43,11 +43,9 @@ class LLMLinguaCompressor:
             raise ConfigError(f"compress.llmlingua_model_path: {self.model_path} is not a directory")
 
     def compress(self, text: str, rate: float) -> str:
-        rate = check_rate(rate)
-        if rate >= 1.0:
-            return text
-        if rate <= 0.0 or not text.strip():
-            return ""
+        if (done := trivial_result(text, rate)) is not None:
+            return done
+        rate = float(rate)
         cache = ResultCache(self.cache_dir, "llmlingua")
         key = cache.key(
             text=sha256_text(text), rate=round(rate, 6), model=model_fingerprint(str(self.model_path)),

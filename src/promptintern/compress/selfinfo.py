@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
-from .base import ResultCache, check_rate, model_fingerprint, sha256_text
+from .base import ResultCache, check_rate, model_fingerprint, sha256_text, trivial_result
 
 ALGO_VERSION = 1  # bump when the selection changes, so stale cache entries are not reused
 _WORD = re.compile(r"\s*\S+")
@@ -313,11 +313,9 @@ class SelfInfoCompressor:
         return len(self._model()[1](text, add_special_tokens=False)["input_ids"]) if text else 0
 
     def compress(self, text: str, rate: float) -> str:
-        rate = check_rate(rate)
-        if rate >= 1.0:
-            return text
-        if rate <= 0.0 or not text.strip():
-            return ""
+        if (done := trivial_result(text, rate)) is not None:
+            return done
+        rate = float(rate)
         return self.compress_with_stats(text, rate).text
 
     def compress_with_stats(self, text: str, rate: float) -> Compression:
