@@ -22,7 +22,7 @@ from .methods import METHOD_NAMES
 from .retrieve import RetrieveConfig
 from .schedule import Schedule
 from .stages import STAGE_MODES
-from .train import LoraArgs, TrainArgs
+from .train import KL_FIELDS, LoraArgs, TrainArgs
 
 BASELINES = ("base-full", "base-query")
 
@@ -92,6 +92,9 @@ class RunConfig:
         d.pop("output_dir", None)
         for section, key in (("infer", "progress"), ("infer", "num_threads"), ("train", "num_threads"), ("train", "report_to")):
             d.get(section, {}).pop(key, None)
+        if d.get("train", {}).get("loss") == "ce":  # KL-only fields: fingerprints of older CE runs stay valid
+            for key in KL_FIELDS:
+                d["train"].pop(key, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -27,6 +27,7 @@ from .io import read_json, write_json, write_text
 from .methods import MethodPlan, plan
 from .prompt import EMPTY_TEMPLATE, Template, to_messages
 from .retrieve import Retriever
+from .schedule import StagePoint
 from .stages import Stage, build_prompt, build_stages, load_stages, save_stages
 from .tasks import get_task
 from .tasks.base import Instance, Task
@@ -139,7 +140,7 @@ def check(cfg: RunConfig) -> Checked:
     task, train, test = load_data(cfg)
     cfg.schedule.validate()
     p = plan(cfg.method, cfg.schedule, cfg.compressed_tau)
-    k_max = max([pt.k for pt in p.points] + [p.serve_k])
+    k_max = max([pt.k for pt in p.points] + [p.serve_k] + _teacher_k(cfg))
     if k_max > len(train) - 1:
         raise ConfigError(f"k={k_max} examples requested but the training pool has only {len(train)} instances")
     load_tokenizer(cfg.model)  # unknown names and unreachable hub ids fail here, before any write
@@ -149,11 +150,21 @@ def check(cfg: RunConfig) -> Checked:
 def prepare(cfg: RunConfig, run_dir: Path | None = None, checked: Checked | None = None) -> Prepared:
     """Retrieve neighbours and build (or reload) the stage datasets of a checked config."""
     c = checked or check(cfg)
-    k_max = max([pt.k for pt in c.plan.points] + [c.plan.serve_k])
+    k_max = max([pt.k for pt in c.plan.points] + [c.plan.serve_k] + _teacher_k(cfg))
     retriever = build_retriever(cfg, c.train, run_dir) if k_max > 0 else None
     templates = Templates(c.task, cfg)
     stages = _stages(cfg, c.task, c.train, c.plan, retriever, templates, run_dir)
     return Prepared(cfg, c.task, c.train, c.test, c.plan, retriever, templates, stages)
+
+
+def _teacher_point(cfg: RunConfig) -> StagePoint | None:
+    """The prompt a distillation teacher sees (stage 0: template at τ0, K examples); None for plain CE."""
+    return StagePoint(0, cfg.schedule.tau0, cfg.schedule.k) if cfg.train.loss != "ce" else None
+
+
+def _teacher_k(cfg: RunConfig) -> list[int]:
+    point = _teacher_point(cfg)
+    return [point.k] if point is not None else []
 
 
 def _stages(cfg, task, train, p, retriever, templates, run_dir) -> list[Stage]:
@@ -162,13 +173,14 @@ def _stages(cfg, task, train, p, retriever, templates, run_dir) -> list[Stage]:
         loaded = load_stages(stage_dir, len(p.points))
         if loaded is not None:
             return loaded
-    k_train = max((pt.k for pt in p.points), default=0)
+    k_train = max([pt.k for pt in p.points] + _teacher_k(cfg), default=0)
     neighbours = {}
     if retriever is not None and k_train > 0:
         from .retrieve import retrieve_all
 
         neighbours = retrieve_all(retriever, train, k_train, same_pool=True)
-    stages = build_stages(task, train, p.points, templates.at, neighbours, cfg.data.stage_mode, cfg.data.seed)
+    stages = build_stages(task, train, p.points, templates.at, neighbours, cfg.data.stage_mode, cfg.data.seed,
+                          teacher_point=_teacher_point(cfg))
     if stage_dir is not None:
         prints = save_stages(stages, stage_dir)
         write_json(stage_dir / "fingerprints.json", prints)  # written last: marks the set complete

@@ -11,7 +11,7 @@ import hashlib
 import json
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,24 @@ STAGE_MODES = ("revisit", "slice")
 
 @dataclass(frozen=True)
 class StageRecord:
-    """One chat-formatted training instance: the prompt turns and the assistant answer."""
+    """One chat-formatted training instance: the prompt turns and the assistant answer.
+
+    ``teacher_messages``: the prompt a distillation teacher sees for the same answer (the
+    stage-0 prompt); None when the stage loss has no teacher.
+    """
 
     id: str
     messages: list[dict[str, str]]
     answer: str
+    teacher_messages: list[dict[str, str]] | None = None
+
+
+def record_row(rec: StageRecord) -> dict[str, Any]:
+    """``rec`` as a JSON row; ``teacher_messages`` only when present (older rows and hashes unchanged)."""
+    row = asdict(rec)
+    if row["teacher_messages"] is None:
+        del row["teacher_messages"]
+    return row
 
 
 @dataclass
@@ -84,19 +97,32 @@ def build_stages(
     neighbours: Mapping[str, Sequence[Instance]],
     mode: str = "revisit",
     seed: int = 0,
+    teacher_point: Any = None,
 ) -> list[Stage]:
     """One :class:`Stage` per schedule point (objects with ``index``, ``tau``, ``k``).
 
     ``template_at(tau)`` gives the template compressed to rate ``tau`` (``EMPTY_TEMPLATE`` at
-    0); ``neighbours[id]`` are the ranked retrieved examples of each instance.
+    0); ``neighbours[id]`` are the ranked retrieved examples of each instance. With
+    ``teacher_point`` (usually the schedule's stage 0), every record also carries the
+    messages of its instance at that point, for a distillation teacher.
     """
     if not instances:
         raise ConfigError("no training instances: the training split is empty")
+    teacher_template = None
+    if teacher_point is not None:
+        teacher_template = template_at(teacher_point.tau) if teacher_point.tau > 0 else EMPTY_TEMPLATE
     stages = []
     for p in points:
         template = template_at(p.tau) if p.tau > 0 else EMPTY_TEMPLATE
         chosen = stage_instances(instances, len(points), p.index, mode, seed)
-        records = [build_record(task, inst, template, neighbours.get(inst.id, ()), p.k) for inst in chosen]
+        records = []
+        for inst in chosen:
+            shots = neighbours.get(inst.id, ())
+            rec = build_record(task, inst, template, shots, p.k)
+            if teacher_point is not None:
+                teacher = build_record(task, inst, teacher_template, shots, teacher_point.k)
+                rec = replace(rec, teacher_messages=teacher.messages)
+            records.append(rec)
         stages.append(Stage(index=p.index, tau=p.tau, k=p.k, records=records))
     return stages
 
@@ -105,7 +131,7 @@ def save_stages(stages: Sequence[Stage], directory: Path) -> dict[str, str]:
     """Write each stage as ``stage-{i}.jsonl`` (atomically); return their fingerprints."""
     prints = {}
     for s in stages:
-        rows = [{"stage": s.index, "tau": s.tau, "k": s.k, **asdict(r)} for r in s.records]
+        rows = [{"stage": s.index, "tau": s.tau, "k": s.k, **record_row(r)} for r in s.records]
         write_jsonl(directory / f"stage-{s.index}.jsonl", rows)
         prints[f"stage-{s.index}"] = fingerprint_rows(rows)
     return prints
@@ -119,7 +145,7 @@ def load_stages(directory: Path, n_stages: int) -> list[Stage] | None:
         if not path.is_file():
             return None
         rows = read_jsonl(path)
-        records = [StageRecord(r["id"], r["messages"], r["answer"]) for r in rows]
+        records = [StageRecord(r["id"], r["messages"], r["answer"], r.get("teacher_messages")) for r in rows]
         tau, k = (rows[0]["tau"], rows[0]["k"]) if rows else (0.0, 0)
         stages.append(Stage(index=i, tau=tau, k=k, records=records))
     return stages

@@ -15,6 +15,7 @@ Run directory (written by the main process only; files and directories atomicall
                                            (deleted once the stage is done unless ``keep_checkpoints``)
     run_dir/train/stage-{i}/final/         the adapter after stage i; its DONE.json marks the stage done
                                            (+ optimizer.pt when the next stage keeps the optimizer state)
+    run_dir/train/teacher-cache/           a frozen KL teacher's top-k targets per instance (``teacher_cache``)
     run_dir/adapter/                       the final adapter: a copy of the last stage's final/
 
 Resume (``resume=True``) skips the stages whose ``final/DONE.json`` exists, loads the adapter
@@ -25,12 +26,21 @@ hardware and thread count the result is bitwise identical to an uninterrupted ru
 
 Choices (ours; the paper does not say):
 
-- Loss: cross-entropy on the answer tokens only. LM-head logits are computed at those
+- Loss ``ce`` (default, the paper): cross-entropy on the answer tokens only. LM-head logits are computed at those
   positions only (a boolean ``logits_to_keep``): with a 49k vocabulary the head over every
   prompt position is a large, useless share of a step (about a fifth of SmolLM2-135M's step
   time on CPU, more as prompts grow). The sum is divided by the number of
   answer tokens in the whole accumulated (and, with several processes, global) batch, like
   transformers' own loss.
+- Losses ``kl`` and ``ce+kl`` (beyond the paper, see ``promptintern.distill``): distil a
+  teacher that sees the stage-0 prompt into the student that sees the stage's prompt, on the
+  same gold answer: ``kl`` = T²·KL_k(teacher ‖ student), ``ce+kl`` = (1 − λ)·CE + λ·T²·KL_k
+  (a convex mix, so the gradient scale and the tuned learning rate stay those of CE). The
+  teacher is the student itself (``self``: current adapter, eval mode, no gradient) or a
+  frozen adapter / model directory, whose targets may be cached on disk
+  (``train/teacher-cache/``). Time spent on teacher targets is ``teacher_wall_s`` per stage
+  in history.json (part of ``train_wall_s``; the main process's, like ``train_wall_s``).
+  Under a KL loss a record is dropped when its teacher prompt exceeds ``max_length`` too.
 - Records longer than ``max_length`` are dropped with a warning, not truncated: cutting the
   prompt's left edge would remove the system turn and the chat header, cutting the right edge
   would cut the answer.
@@ -57,15 +67,29 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .distill import (
+    CACHE_DIR,
+    KL_LOSSES,
+    SELF_TEACHER,
+    Teacher,
+    TeacherCache,
+    answer_logits,
+    distill_loss,
+    load_frozen_teacher,
+    teacher_fingerprint,
+)
 from .errors import ConfigError, DataError, ModelError, RunDirError
 from .io import atomic_dir, read_json, write_json
 from .prompt import IGNORE_INDEX, encode_chat
-from .stages import Stage, StageRecord
+from .stages import Stage, StageRecord, record_row
 
 logger = logging.getLogger(__name__)
 
 OPTIMIZER_STATES = ("reset", "keep")
-LOSSES = ("ce",)
+LOSSES = ("ce", *KL_LOSSES)
+# TrainArgs fields that only matter to the KL losses (left out of fingerprints of ``ce`` runs,
+# so runs made before they existed still resume).
+KL_FIELDS = ("kl_weight", "kl_temperature", "kl_topk", "teacher", "teacher_cache")
 # TrainArgs fields that may change between a run and its resume: they do not change the weights.
 VOLATILE_FIELDS = frozenset(
     {"report_to", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints",
@@ -131,7 +155,12 @@ class TrainArgs:
     max_length: int = field(default=2048, metadata={"help": "Longest prompt + answer in tokens; longer records are dropped (with a warning), never truncated."})
     seed: int = field(default=0, metadata={"help": "Seed of LoRA init, dropout and data order (stage i uses seed + i)."})
     optimizer_state: str = field(default="reset", metadata={"help": "'reset': fresh AdamW each stage; 'keep': carry AdamW moments and step counts into the next stage.", "choices": OPTIMIZER_STATES})
-    loss: str = field(default="ce", metadata={"help": "Training loss: 'ce' = cross-entropy on the answer tokens.", "choices": LOSSES})
+    loss: str = field(default="ce", metadata={"help": "Stage loss: 'ce' = cross-entropy on the gold answer tokens (the paper); 'kl' = T²·KL(teacher ‖ student) on the answer tokens, the teacher seeing the stage-0 prompt; 'ce+kl' = (1 − kl_weight)·ce + kl_weight·kl.", "choices": LOSSES})
+    kl_weight: float = field(default=0.5, metadata={"help": "λ in (0, 1): weight of the KL term in 'ce+kl', total = (1 − λ)·ce + λ·T²·kl."})
+    kl_temperature: float = field(default=1.0, metadata={"help": "T > 0: both distributions are softened by T; the KL is scaled by T² to keep gradient sizes."})
+    kl_topk: int = field(default=64, metadata={"help": "Teacher logits kept per answer token; the KL runs over these tokens plus one bucket for the rest of the vocabulary (a lower bound of the full KL, exact when k >= vocabulary)."})
+    teacher: str = field(default=SELF_TEACHER, metadata={"help": "KL teacher: 'self' = the model being trained (current adapter, no dropout, no gradient) with the stage-0 prompt; or a frozen PEFT adapter directory on the same base model (e.g. a full-prompt run's run_dir/adapter) or a merged model directory. With 'self', stage 0 (same prompt, same weights) gets no KL gradient: 'kl' learns nothing there, 'ce+kl' is (1 − λ)·ce there."})
+    teacher_cache: bool = field(default=False, metadata={"help": "Cache a frozen teacher's top-k targets per instance in run_dir/train/teacher-cache/, so later stages skip its forward pass (not with teacher 'self': its weights change)."})
     save_steps: int = field(default=200, metadata={"help": "Checkpoint period inside a stage, in optimizer steps (resume point after a crash)."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept per stage (older ones are deleted)."})
     keep_checkpoints: bool = field(default=False, metadata={"help": "Keep a stage's checkpoints after it is done (they are only needed to resume inside it)."})
@@ -165,6 +194,8 @@ class TrainArgs:
             raise ConfigError(f"train.optimizer_state: {self.optimizer_state!r} is not one of {', '.join(OPTIMIZER_STATES)}")
         if self.loss not in LOSSES:
             raise ConfigError(f"train.loss: {self.loss!r} is not one of {', '.join(LOSSES)}")
+        if self.loss in KL_LOSSES:
+            self._validate_kl()
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
         if self.dataloader_num_workers < 0:
@@ -179,6 +210,26 @@ class TrainArgs:
                 raise ConfigError(f"train.stage_overrides.{index}: {bad[0]!r} cannot change per stage; "
                                   f"allowed: {', '.join(sorted(PER_STAGE_FIELDS))}")
             self.for_stage(index)  # type-checks and validates the overridden values
+
+    def _validate_kl(self) -> None:
+        if self.loss == "ce+kl" and not 0.0 < self.kl_weight < 1.0:
+            raise ConfigError(f"train.kl_weight must be in (0, 1) for loss 'ce+kl', got {self.kl_weight}")
+        if not self.kl_temperature > 0:
+            raise ConfigError(f"train.kl_temperature must be > 0, got {self.kl_temperature}")
+        if self.kl_topk < 1:
+            raise ConfigError(f"train.kl_topk must be >= 1, got {self.kl_topk}")
+        if self.teacher == SELF_TEACHER:
+            if self.teacher_cache:
+                raise ConfigError("train.teacher_cache needs a frozen teacher; teacher 'self' changes as it trains")
+        elif not Path(self.teacher).expanduser().is_dir():
+            raise ConfigError(f"train.teacher: {self.teacher!r} is neither 'self' nor an existing directory")
+        else:
+            from .distill import teacher_kind
+
+            teacher_kind(self.teacher)  # an adapter or a model directory
+
+    def uses_teacher(self) -> bool:
+        return self.loss in KL_LOSSES
 
     def for_stage(self, index: int) -> TrainArgs:
         """These arguments with stage ``index``'s overrides applied (type-checked and validated)."""
@@ -198,40 +249,65 @@ class TrainArgs:
 
 
 def tokenize_records(
-    records: Sequence[StageRecord], tokenizer: Any, max_length: int
+    records: Sequence[StageRecord], tokenizer: Any, max_length: int, with_teacher: bool = False
 ) -> tuple[list[dict[str, list[int]]], list[str]]:
     """Encode records as ``{"input_ids", "labels"}`` (labels -100 on the prompt).
 
-    Returns the encoded examples and the ids of the records dropped for exceeding
+    With ``with_teacher`` each example also holds ``teacher_input_ids`` / ``teacher_labels``,
+    the record's ``teacher_messages`` with the same answer; a record is kept only when both
+    fit. Returns the encoded examples and the ids of the records dropped for exceeding
     ``max_length`` tokens (see the module docstring for why they are not truncated).
     """
     kept, dropped = [], []
     for rec in records:
         enc = encode_chat(tokenizer, rec.messages, rec.answer)
-        if len(enc["input_ids"]) > max_length:
+        longest = len(enc["input_ids"])
+        if with_teacher:
+            if rec.teacher_messages is None:
+                raise ConfigError(f"record {rec.id!r} has no teacher prompt (teacher_messages), which a KL loss needs")
+            t = encode_chat(tokenizer, rec.teacher_messages, rec.answer)
+            if _answer_ids(t["labels"]) != _answer_ids(enc["labels"]):
+                raise DataError(f"record {rec.id!r}: teacher and student answers tokenize differently")
+            enc = {**enc, "teacher_input_ids": t["input_ids"], "teacher_labels": t["labels"]}
+            longest = max(longest, len(t["input_ids"]))
+        if longest > max_length:
             dropped.append(rec.id)
         else:
             kept.append(enc)
     return kept, dropped
 
 
+def _answer_ids(labels: Sequence[int]) -> list[int]:
+    return [t for t in labels if t != IGNORE_INDEX]
+
+
 @dataclass
 class PadCollator:
-    """Pads a batch on the right: ``pad_token_id`` in input_ids, 0 in the mask, -100 in labels."""
+    """Pads a batch on the right: ``pad_token_id`` in input_ids, 0 in the mask, -100 in labels.
+
+    The teacher's sequences (``teacher_input_ids`` / ``teacher_labels``), when present, are
+    padded the same way into ``teacher_input_ids``, ``teacher_attention_mask``, ``teacher_labels``.
+    """
 
     pad_token_id: int
 
     def __call__(self, features: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(f["input_ids"]) for f in features)
+        batch = self._pad(features, "")
+        if "teacher_input_ids" in features[0]:
+            batch.update(self._pad(features, "teacher_"))
+        return batch
+
+    def _pad(self, features: Sequence[dict[str, list[int]]], prefix: str) -> dict[str, torch.Tensor]:
+        width = max(len(f[f"{prefix}input_ids"]) for f in features)
         ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(features), width), dtype=torch.long)
         for row, f in enumerate(features):
-            n = len(f["input_ids"])
-            ids[row, :n] = torch.tensor(f["input_ids"])
-            labels[row, :n] = torch.tensor(f["labels"])
+            n = len(f[f"{prefix}input_ids"])
+            ids[row, :n] = torch.tensor(f[f"{prefix}input_ids"])
+            labels[row, :n] = torch.tensor(f[f"{prefix}labels"])
             mask[row, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        return {f"{prefix}input_ids": ids, f"{prefix}attention_mask": mask, f"{prefix}labels": labels}
 
 
 # ---------------------------------------------------------------- loss
@@ -244,16 +320,7 @@ def answer_loss(model: Any, inputs: dict[str, torch.Tensor], num_items_in_batch:
     is not -100. The summed loss is divided by ``num_items_in_batch`` (the answer-token count
     of the whole accumulated batch, from the Trainer) or else by this batch's count.
     """
-    labels = inputs["labels"]
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                logits_to_keep=keep, use_cache=False)
-    logits = out.logits
-    if logits.dim() != 2:
-        raise ModelError(f"{type(model).__name__} does not accept a boolean logits_to_keep mask "
-                         "(needs a transformers 5 causal LM)")
-    targets = labels[:, 1:][keep[:, :-1]]
+    logits, targets = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
     total = F.cross_entropy(logits.float(), targets, reduction="sum")
     count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
     return total / count
@@ -269,21 +336,41 @@ def _make_trainer_class() -> type:
         # compute_loss normalises by the accumulated batch's token count: no further GA scaling.
         loss_is_scaled_for_ga = True
 
-        def __init__(self, *args: Any, loss: str = "ce", optimizer_state: dict | None = None, **kwargs: Any):
+        def __init__(self, *args: Any, loss: str = "ce", optimizer_state: dict | None = None,
+                     teacher: Teacher | None = None, kl_weight: float = 0.5, **kwargs: Any):
             super().__init__(*args, **kwargs)
+            if loss not in LOSSES:
+                raise ConfigError(f"train.loss: {loss!r} is not one of {', '.join(LOSSES)}")
+            if loss in KL_LOSSES and teacher is None:
+                raise ConfigError(f"train.loss: {loss!r} needs a teacher")
             self.loss_name = loss
+            self.teacher, self.kl_weight = teacher, kl_weight
+            self.loss_parts: list[Any] = []  # summed (ce, kl, tokens) since the last log, this process
             self.carried_optimizer_state = optimizer_state
             # Have the Trainer count the answer tokens of each accumulated batch for compute_loss.
             self.model_accepts_loss_kwargs = True
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
-            if self.loss_name != "ce":
-                raise ConfigError(f"train.loss: {self.loss_name!r} is not one of {', '.join(LOSSES)}")
-            loss = answer_loss(model, inputs, num_items_in_batch)
+            if self.loss_name == "ce":
+                loss = answer_loss(model, inputs, num_items_in_batch)
+            else:
+                loss, parts = distill_loss(model, self.teacher, inputs, loss=self.loss_name, kl_weight=self.kl_weight,
+                                           student=self.accelerator.unwrap_model(model),
+                                           num_items_in_batch=num_items_in_batch)
+                self.loss_parts.append(parts)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 # num_items_in_batch is then the global count, while DDP averages gradients over processes.
                 loss = loss * self.accelerator.num_processes
             return (loss, None) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if self.loss_parts and "loss" in logs:  # per-token means of this process's terms
+                n = max(1, sum(p.n_tokens for p in self.loss_parts))
+                if self.loss_name == "ce+kl":
+                    logs["ce"] = float(sum(p.ce for p in self.loss_parts)) / n
+                logs["kl"] = float(sum(p.kl for p in self.loss_parts)) / n
+                self.loss_parts = []
+            super().log(logs, start_time)
 
         def create_optimizer(self, model=None):  # noqa: ANN001
             optimizer = super().create_optimizer(model)
@@ -346,20 +433,28 @@ def _make_progress(enabled: bool) -> Any:
 # ---------------------------------------------------------------- run directory
 
 
-def train_record(stages: Sequence[Stage], model_name: str, lora: LoraArgs, args: TrainArgs) -> dict[str, Any]:
-    """What determines the trained weights (``train/config.json``; resume refuses a different one)."""
+def train_record(stages: Sequence[Stage], model_name: str, lora: LoraArgs, args: TrainArgs,
+                 teacher_fingerprint: str | None = None) -> dict[str, Any]:
+    """What determines the trained weights (``train/config.json``; resume refuses a different one).
+
+    ``teacher_fingerprint`` names a frozen KL teacher's weights (a changed teacher is a different run).
+    """
     train = {k: v for k, v in asdict(args).items() if k not in VOLATILE_FIELDS}
+    if not args.uses_teacher():
+        train = {k: v for k, v in train.items() if k not in KL_FIELDS}
     stage_info = []
     for s in stages:
         h = hashlib.sha256()
         for r in s.records:
-            h.update(json.dumps(asdict(r), sort_keys=True, ensure_ascii=False).encode())
+            h.update(json.dumps(record_row(r), sort_keys=True, ensure_ascii=False).encode())
         stage_info.append({"index": s.index, "tau": s.tau, "k": s.k, "n_records": len(s.records),
                            "fingerprint": h.hexdigest()[:16]})
     from .models import model_fingerprint
 
     record = {"model": model_name, "model_fingerprint": model_fingerprint(model_name), "lora": asdict(lora),
               "train": train, "stages": stage_info}
+    if teacher_fingerprint is not None:
+        record["teacher_fingerprint"] = teacher_fingerprint
     return json.loads(json.dumps(record, sort_keys=True, default=str))  # as it reads back from JSON
 
 
@@ -487,7 +582,8 @@ def _write_history(train_dir: Path, stages: Sequence[Stage]) -> None:
     entries = [read_json(_stage_dir(train_dir, s.index) / "final" / DONE_FILE)
                for s in stages if stage_done(_stage_dir(train_dir, s.index))]
     write_json(train_dir / "history.json",
-               {"stages": entries, "train_wall_s": sum(e["train_wall_s"] for e in entries)})
+               {"stages": entries, "train_wall_s": sum(e["train_wall_s"] for e in entries),
+                "teacher_wall_s": sum(e.get("teacher_wall_s", 0.0) for e in entries)})
 
 
 @dataclass
@@ -504,6 +600,7 @@ class _Session:
     is_main: bool
     progress: Any
     callbacks: Sequence[Any]
+    teacher: Teacher | None = None
 
 
 def _prepare_run_dir(
@@ -544,7 +641,7 @@ def _train_stage(
     from transformers import PrinterCallback
 
     sdir = _stage_dir(sess.train_dir, stage.index)
-    data, dropped = tokenize_records(stage.records, sess.tokenizer, args.max_length)
+    data, dropped = tokenize_records(stage.records, sess.tokenizer, args.max_length, with_teacher=args.uses_teacher())
     if dropped:
         logger.warning("stage %d: dropped %d of %d records longer than max_length=%d tokens (first: %s)",
                        stage.index, len(dropped), len(stage.records), args.max_length, dropped[0])
@@ -560,17 +657,23 @@ def _train_stage(
         callbacks=[_progress_callback_class()(sess.progress, label), *sess.callbacks],
         loss=args.loss,
         optimizer_state=optimizer_state if args.optimizer_state == "keep" else None,
+        teacher=sess.teacher,
+        kl_weight=args.kl_weight,
     )
     trainer.remove_callback(PrinterCallback)
+    teacher_before = sess.teacher.stats() if sess.teacher is not None else None
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     wall = time.perf_counter() - t0
+    teacher_stats = {"teacher_wall_s": 0.0}
+    if sess.teacher is not None:  # this stage's share of the teacher's work (this process)
+        teacher_stats = {k: v - teacher_before[k] for k, v in sess.teacher.stats().items()}
     steps_run = result.global_step - (_checkpoint_step(checkpoint) if checkpoint else 0)
     carried = trainer.optimizer.state_dict()["state"] if keep_optimizer else None
     summary = {
         "stage": stage.index, "tau": stage.tau, "k": stage.k, "n_records": len(stage.records),
         "n_dropped": len(dropped), "steps": result.global_step, "train_loss": result.training_loss,
-        "train_wall_s": wall, "s_per_step": wall / max(1, steps_run),
+        "train_wall_s": wall, "s_per_step": wall / max(1, steps_run), **teacher_stats,
         "resumed_from": checkpoint.name if checkpoint else None, "log_history": trainer.state.log_history,
     }
     if sess.is_main:
@@ -585,6 +688,20 @@ def _train_stage(
     trainer.accelerator.free_memory()
     _barrier()
     return carried
+
+
+def _check_teacher_prompts(stages: Sequence[Stage], loss: str) -> None:
+    for s in stages:
+        missing = next((r for r in s.records if r.teacher_messages is None), None)
+        if missing is not None:
+            raise ConfigError(f"train.loss {loss!r} needs teacher prompts, but stage {s.index} record {missing.id!r} "
+                              "has none (build the stages with a teacher_point)")
+
+
+def _check_same_vocabulary(teacher: Any, student: Any, where: str) -> None:
+    t, s = teacher.get_output_embeddings().weight.shape[0], student.get_output_embeddings().weight.shape[0]
+    if t != s:
+        raise ModelError(f"train.teacher {where}: vocabulary of {t} tokens, the student has {s}")
 
 
 def train_stages(
@@ -619,12 +736,16 @@ def train_stages(
         raise ConfigError(f"train.stage_overrides: no stage {unknown[0]} "
                           f"(stages: {', '.join(str(s.index) for s in stages)})")
     stage_args = [args.for_stage(s.index) for s in stages]
+    if args.uses_teacher():
+        _check_teacher_prompts(stages, args.loss)
     run_dir = Path(run_dir)
     train_dir, adapter_dir = run_dir / "train", run_dir / "adapter"
     if args.num_threads:
         set_cpu_threads(args.num_threads)
 
-    record = train_record(stages, model_name, lora, args)
+    frozen = args.uses_teacher() and args.teacher != SELF_TEACHER
+    teacher_fp = teacher_fingerprint(args.teacher, model_name) if frozen else None
+    record = train_record(stages, model_name, lora, args, teacher_fp)
     _check_run_dir(train_dir, adapter_dir, record, resume, force)
     # accelerate treats a CUDA-less machine as multi-CPU only when asked for the CPU explicitly.
     use_cpu = args.use_cpu or not torch.cuda.is_available()
@@ -645,9 +766,19 @@ def train_stages(
         if first_open < len(stages) and stage_args[first_open].optimizer_state == "keep":
             carried = torch.load(previous / "optimizer.pt", map_location="cpu", weights_only=True)
 
+    teacher = None
+    if args.uses_teacher():
+        cache = None
+        if frozen and args.teacher_cache:
+            cache = TeacherCache(train_dir / CACHE_DIR, teacher_fp, args.kl_topk, args.kl_temperature)
+        teacher = Teacher(load_frozen_teacher(args.teacher, model_name, dtype) if frozen else None,
+                          args.kl_topk, args.kl_temperature, cache)
+        if frozen:
+            _check_same_vocabulary(teacher.model, model, args.teacher)
+
     with _make_progress(is_main) as progress:
         sess = _Session(model, tokenizer, train_dir, args.seed, use_cpu, dtype == torch.bfloat16, world, is_main,
-                        progress, callbacks)
+                        progress, callbacks, teacher)
         for pos in range(first_open, len(stages)):
             keep_next = pos + 1 < len(stages) and stage_args[pos + 1].optimizer_state == "keep"
             carried = _train_stage(sess, stages[pos], stage_args[pos], f"stage {pos + 1}/{len(stages)}",
