@@ -71,9 +71,13 @@ def write_plots(metrics: dict[str, Any], out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
         if r["metric"] is not None:
-            ax.scatter(r["input_tokens"], r["metric"], s=40)
-            ax.annotate(r["system"], (r["input_tokens"], r["metric"]), textcoords="offset points", xytext=(5, 3))
-    ax.set(xlabel="input tokens per query", ylabel=key, title=f"{metrics['task']}: {key} vs prompt length")
+            err = [[r["metric"] - r["ci"][0]], [r["ci"][1] - r["metric"]]] if r["ci"] else None
+            ax.errorbar(r["input_tokens"], r["metric"], yerr=err, fmt="o", capsize=4)
+            ax.annotate(r["system"], (r["input_tokens"], r["metric"]), textcoords="offset points", xytext=(6, 3))
+    tokens = [r["input_tokens"] for r in rows if r["input_tokens"] > 0]
+    if tokens and max(tokens) > 5 * min(tokens):
+        ax.set_xscale("log")
+    ax.set(xlabel="input tokens per query", ylabel=f"{key} (95% CI)", title=f"{metrics['task']}: {key} vs prompt length")
     written.append(_save(fig, out / "accuracy_vs_tokens.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
