@@ -321,7 +321,7 @@ def latency_pass(cfg: RunConfig, run_dir: Path, out: Path, n: int | None, prefix
     The model (with the run's adapter, merged) is warmed up on one query first, untimed, so the
     first measured query does not pay for lazy initialisation. Returns (stats, prepared run).
     """
-    from promptintern.infer import generate, load_for_inference, run_inference
+    from promptintern.inference import generate, load_for_inference, run_inference
     from promptintern.pipeline import prepare, serving_messages
 
     prep = prepare(cfg, run_dir)

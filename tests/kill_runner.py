@@ -47,7 +47,7 @@ def install(point: str) -> None:
 
         after(Trainer, "_save_checkpoint", lambda self, *a, **k: "stage-1" in str(self.args.output_dir))
     elif point == "between-stages":  # stage 0 complete (final/ renamed into place), stage 1 not begun
-        import promptintern.train as tr
+        import promptintern.trainer as tr
 
         original = tr.atomic_dir
 
@@ -60,7 +60,7 @@ def install(point: str) -> None:
 
         tr.atomic_dir = atomic_dir
     elif point == "inference":  # the first batch of predictions appended to the partial file
-        import promptintern.infer as inf
+        import promptintern.inference as inf
 
         after(inf, "_append_rows")
     else:

@@ -11,10 +11,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from promptintern.errors import RunDirError
-from promptintern.export import export
+from promptintern.exporter import export
 from promptintern.io import write_json
 from promptintern.models import load_model, resolve_model_path
-from promptintern.train import LoraArgs, train_stages
+from promptintern.trainer import LoraArgs, train_stages
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_fixtures import toy_args, toy_stages  # noqa: E402

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from promptintern.errors import ConfigError, DataError, ModelError
-from promptintern.infer import (
+from promptintern.inference import (
     InferArgs,
     _left_pad,
     cacheable_prefix_length,
@@ -242,7 +242,7 @@ DYING_RUN = textwrap.dedent("""
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    from promptintern import infer
+    from promptintern import inference as infer
     from promptintern.models import load_model
 
     model_dir, out, items = sys.argv[1], Path(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text())

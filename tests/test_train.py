@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 
 from promptintern.errors import ConfigError, RunDirError
 from promptintern.prompt import IGNORE_INDEX
-from promptintern.train import (
+from promptintern.trainer import (
     LoraArgs,
     PadCollator,
     TrainArgs,

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from promptintern.stages import Stage, StageRecord
-from promptintern.train import LoraArgs, TrainArgs
+from promptintern.trainer import LoraArgs, TrainArgs
 
 TEMPLATE = "Instruction: add the two numbers of the request and answer with the sum only. " * 3
 
@@ -64,7 +64,7 @@ def adapter_hash(model) -> str:
 def main(argv: list[str] | None = None) -> int:
     from transformers import TrainerCallback
 
-    from promptintern.train import train_stages
+    from promptintern.trainer import train_stages
 
     p = argparse.ArgumentParser()
     p.add_argument("run_dir", type=Path)

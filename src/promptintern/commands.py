@@ -105,7 +105,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
+    from .exporter import export
 
     out = export(Path(args.run), Path(args.out), merge=args.merge)
     _console().print(f"exported {'merged model' if args.merge else 'adapter'} → {out}")

@@ -17,12 +17,12 @@ import yaml
 from .compress import CompressConfig
 from .configtools import apply_overrides, from_dict, load_yaml, to_dict
 from .errors import ConfigError
-from .infer import InferArgs
+from .inference import InferArgs
 from .methods import METHOD_NAMES
 from .retrieve import RetrieveConfig
 from .schedule import Schedule
 from .stages import STAGE_MODES
-from .train import KL_FIELDS, LoraArgs, TrainArgs
+from .trainer import KL_FIELDS, LoraArgs, TrainArgs
 
 BASELINES = ("base-full", "base-query")
 

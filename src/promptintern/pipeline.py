@@ -7,7 +7,7 @@ output exists):
     run_dir/config.yaml         the resolved config
     run_dir/retriever/          persisted retrieval index
     run_dir/stages/stage-i.jsonl  stage datasets; fingerprints in run_dir/stages/fingerprints.json
-    run_dir/train/...           checkpoints (see promptintern.train); run_dir/adapter/ the result
+    run_dir/train/...           checkpoints (see promptintern.trainer); run_dir/adapter/ the result
     run_dir/predictions/<name>.jsonl  predictions of each served system
     run_dir/metrics.json, report.md, plots/*.png
 """
@@ -210,7 +210,7 @@ def train(cfg: RunConfig, resume: bool = False, force: bool = False) -> Path | N
 
 
 def _train(prep: Prepared, run_dir: Path, resume: bool) -> Path | None:
-    from .train import train_stages
+    from .trainer import train_stages
 
     if not prep.plan.trains:
         return None
@@ -228,7 +228,7 @@ def _serve(prep: Prepared, name: str, model: Any, tokenizer: Any, items: list, r
     """Generate predictions for ``items`` into ``predictions/<name>.jsonl`` (resumable)."""
     from dataclasses import replace
 
-    from .infer import run_inference
+    from .inference import run_inference
 
     args = replace(prep.cfg.infer, prefix_cache=prefix_cache)
     return run_inference(model, tokenizer, items, run_dir / "predictions" / f"{name}.jsonl", args, resume=True)
@@ -249,7 +249,7 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
     import time
 
     from .evaluate import score
-    from .infer import load_for_inference
+    from .inference import load_for_inference
     from .models import load_model
     from .report import write_report
 
@@ -301,7 +301,7 @@ def infer_file(run_dir: Path, input_path: Path, output: Path, *, batch_size: int
     from dataclasses import replace
 
     from .config import load_config
-    from .infer import load_for_inference, run_inference
+    from .inference import load_for_inference, run_inference
     from .io import read_jsonl
     from .models import load_model
 

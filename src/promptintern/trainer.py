@@ -80,6 +80,7 @@ from .distill import (
 )
 from .errors import ConfigError, DataError, ModelError, RunDirError
 from .io import atomic_dir, read_json, write_json
+from .progress import progress_bar
 from .prompt import IGNORE_INDEX, encode_chat
 from .stages import Stage, StageRecord, record_row
 
@@ -412,22 +413,7 @@ def _progress_callback_class() -> type:
 
 
 def _make_progress(enabled: bool) -> Any:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, disable=not (enabled and console.is_terminal),
-    )
+    return progress_bar("{task.description}", "loss {task.fields[loss]:.4f}", enabled)
 
 
 # ---------------------------------------------------------------- run directory

@@ -43,6 +43,7 @@ import torch
 
 from .errors import ConfigError, DataError, ModelError
 from .io import iter_jsonl, write_jsonl
+from .progress import progress_bar
 from .prompt import chat_prompt_text
 
 END_OF_TURN = "<|im_end|>"
@@ -211,22 +212,7 @@ def _iter_prefix_cached(decode: _Decoder, seqs: list[list[int]], ids: list[str],
 @contextlib.contextmanager
 def _progress(enabled: bool, total: int, completed: int = 0) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on stderr; yields ``advance(n_queries)``."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    console = Console(stderr=True)
-    bar = Progress(
-        TextColumn("generating"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[qps]:.2f} queries/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, disable=not (enabled and console.is_terminal),
-    )
+    bar = progress_bar("generating", "{task.fields[qps]:.2f} queries/s", enabled)
     task = bar.add_task("generate", total=total, completed=completed, qps=0.0)
     t0, done = time.perf_counter(), 0
 
