@@ -140,7 +140,7 @@ def check(cfg: RunConfig) -> Checked:
     task, train, test = load_data(cfg)
     cfg.schedule.validate()
     p = plan(cfg.method, cfg.schedule, cfg.compressed_tau)
-    k_max = max([pt.k for pt in p.points] + [p.serve_k] + _teacher_k(cfg))
+    k_max = _k_max(cfg, p)
     if k_max > len(train) - 1:
         raise ConfigError(f"k={k_max} examples requested but the training pool has only {len(train)} instances")
     load_tokenizer(cfg.model)  # unknown names and unreachable hub ids fail here, before any write
@@ -150,8 +150,7 @@ def check(cfg: RunConfig) -> Checked:
 def prepare(cfg: RunConfig, run_dir: Path | None = None, checked: Checked | None = None) -> Prepared:
     """Retrieve neighbours and build (or reload) the stage datasets of a checked config."""
     c = checked or check(cfg)
-    k_max = max([pt.k for pt in c.plan.points] + [c.plan.serve_k] + _teacher_k(cfg))
-    retriever = build_retriever(cfg, c.train, run_dir) if k_max > 0 else None
+    retriever = build_retriever(cfg, c.train, run_dir) if _k_max(cfg, c.plan) > 0 else None
     templates = Templates(c.task, cfg)
     stages = _stages(cfg, c.task, c.train, c.plan, retriever, templates, run_dir)
     return Prepared(cfg, c.task, c.train, c.test, c.plan, retriever, templates, stages)
@@ -160,6 +159,11 @@ def prepare(cfg: RunConfig, run_dir: Path | None = None, checked: Checked | None
 def _teacher_point(cfg: RunConfig) -> StagePoint | None:
     """The prompt a distillation teacher sees (stage 0: template at τ0, K examples); None for plain CE."""
     return StagePoint(0, cfg.schedule.tau0, cfg.schedule.k) if cfg.train.loss != "ce" else None
+
+
+def _k_max(cfg: RunConfig, p: MethodPlan) -> int:
+    """The most examples any prompt of the run needs: training stages, serving and the teacher."""
+    return max([pt.k for pt in p.points] + [p.serve_k] + _teacher_k(cfg))
 
 
 def _teacher_k(cfg: RunConfig) -> list[int]:
