@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from promptintern.cli import quiet_libraries
 from promptintern.config import RunConfig
 from promptintern.configtools import apply_overrides, from_dict, load_yaml
 from promptintern.errors import ConfigError, RunDirError, UserError
@@ -706,6 +707,7 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging()
+    quiet_libraries()
     try:
         return _run(args)
     except UserError as exc:
