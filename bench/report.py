@@ -14,6 +14,9 @@ from promptintern.io import atomic_path, write_json, write_text
 REFERENCE = "full-prompt"
 HEADLINE_METHOD = "promptintern"
 COMPARED = ("full-prompt", "query-only", "compressed")  # paired deltas of PromptIntern against these
+# issue 7: what the KL stage loss bought, as paired deltas (a − b) besides each row's Δ vs full-prompt
+DISTILL_COMPARISONS = (("promptintern+kl", "promptintern"), ("query-only+kl", "promptintern"),
+                       ("query-only+kl", "query-only"))
 
 
 def ordered_methods(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -202,10 +205,33 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"- Intervals: percentile bootstrap ({results.get('bootstrap', {}).get('n', '?')} resamples); Δ intervals are "
         "paired (both systems resampled on the same test items; BLEU recomputed from summed sentence statistics).",
     ]
+    lines += _distill_lines(results, key)
+    if " | " in results.get("hardware", ""):
+        lines.append("- Measured on more than one machine (the benchmark resumed elsewhere); each method's `hardware` "
+                     "and `finished` in the JSON say where and when. Compare latencies measured on the same machine.")
     pcm = methods.get("full-prompt+prefix-cache", {})
     if pcm.get("metrics_from"):
         lines.append(f"- `full-prompt+prefix-cache` accuracy: from {pcm['metrics_from']}.")
     return "\n".join(lines) + "\n"
+
+
+def _distill_lines(results: dict[str, Any], key: str) -> list[str]:
+    """Notes on the KL rows: paired deltas against promptintern, query-only and full-prompt."""
+    methods, comps = results.get("methods", {}), results.get("comparisons", {})
+    lines = []
+    for name in dict.fromkeys(a for a, _ in DISTILL_COMPARISONS):
+        e = methods.get(name)
+        if e is None:
+            continue
+        parts = [f"{key} {d[key]['delta']:+.1f} {_fmt_ci(d[key]['ci95'])} vs {b}"
+                 for a, b in DISTILL_COMPARISONS if a == name and key in (d := comps.get(f"{a} vs {b}", {}))]
+        fp = e.get("delta_vs_full_prompt", {}).get(key)
+        if fp is not None:
+            parts.append(f"{fp:+.1f} {_fmt_ci(e.get('delta_vs_full_prompt_ci95', {}).get(key))} vs full-prompt")
+        cost = (f"; train s includes the teacher's {e['teacher_train_wall_s']:.0f} s" if e.get("teacher_train_wall_s")
+                else f"; {e['teacher_wall_s']:.0f} s of it on teacher targets" if e.get("teacher_wall_s") else "")
+        lines.append(f"- `{name}` (issue 7, KL distillation): " + ", ".join(parts) + cost + ".")
+    return lines
 
 
 def write_plot(results: dict[str, Any], path: Path) -> Path:

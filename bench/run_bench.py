@@ -44,12 +44,21 @@ from promptintern.methods import plan as method_plan
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable for bench.report
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.report import COMPARED, HEADLINE_METHOD, REFERENCE, headline, render_markdown, write_outputs  # noqa: E402
+from bench.ledger import BENCH_FILE, Ledger  # noqa: E402
+from bench.report import (  # noqa: E402
+    COMPARED,
+    DISTILL_COMPARISONS,
+    HEADLINE_METHOD,
+    REFERENCE,
+    headline,
+    render_markdown,
+    write_outputs,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 SCALES = ("default", "small", "gpu")
-BENCH_FILE = "bench.json"  # a method's measurements; written last, so it marks the method done
+# BENCH_FILE (bench.ledger): a method's measurements; written last, so it marks the method done
 LATENCY_FILE = "latency-b1.jsonl"
 ITEM_KEYS = {"exact_match": "exact_match", "structure_match": "structure_match", "pass@1": "passed"}
 CONFIG_KEYS = ("run", "bench", "scales")
@@ -74,6 +83,8 @@ class BenchMethod:
     compress: str | None = None  # compress.method override
     revisit: bool = False  # stage_mode revisit, the full step count in every stage
     prefix_cache_of: str | None = None  # serve this method's adapter with the prefix KV cache
+    loss: str | None = None  # train.loss override (issue 7's distillation rows: "ce+kl")
+    teacher_of: str | None = None  # frozen KL teacher = this method's adapter (None: teacher "self")
 
 
 METHODS: dict[str, BenchMethod] = {
@@ -96,6 +107,10 @@ METHODS: dict[str, BenchMethod] = {
                                                     shape="inverse_exponential"),
     "promptintern-revisit": BenchMethod("promptintern", "linear schedule, every stage sees all pairs (N× steps)",
                                         shape="linear", revisit=True),
+    "promptintern+kl": BenchMethod("promptintern", "linear schedule, ce+kl loss, self-teacher on the stage-0 prompt",
+                                   shape="linear", loss="ce+kl"),
+    "query-only+kl": BenchMethod("query-only", "one query-only stage, ce+kl loss, frozen full-prompt adapter as "
+                                 "teacher (its training time counted)", loss="ce+kl", teacher_of="full-prompt"),
 }
 
 
@@ -210,6 +225,7 @@ class Bench:
     run_raw: dict[str, Any]
     args: BenchArgs
     runs: Path
+    ledger: Ledger = field(default_factory=lambda: Ledger(None))  # finished methods kept with the results
     base: RunConfig = field(init=False)
     metric: str = field(init=False)
     test: list[Any] = field(init=False)
@@ -248,6 +264,8 @@ class Bench:
         if spec.compress:
             _section(d, "compress")["method"] = spec.compress
         _section(d, "infer").update(batch_size=self.args.throughput_batch_size, prefix_cache=False)
+        if spec.loss:
+            _section(d, "train")["loss"] = spec.loss
         steps = self.planned_steps(name)
         if steps:
             train = _section(d, "train")
@@ -257,7 +275,17 @@ class Bench:
                 if s != min(steps):
                     stage_overrides.setdefault(i, {})["max_steps_per_stage"] = s
             train["stage_overrides"] = stage_overrides
-        return from_dict(RunConfig, d, where=f"method {name}")
+        cfg = from_dict(RunConfig, d, where=f"method {name}")
+        if spec.teacher_of:  # set after validation: the teacher adapter may not be trained yet
+            cfg.train.teacher = str(self.teacher_adapter(name))
+            cfg.train.teacher_cache = True
+        return cfg
+
+    def teacher_adapter(self, name: str) -> Path:
+        """The frozen teacher's adapter directory of a ``teacher_of`` method."""
+        teacher = METHODS[name].teacher_of
+        assert teacher is not None
+        return (self.run_dir(teacher) / "adapter").resolve()
 
     def planned_steps(self, name: str) -> list[int]:
         spec = METHODS[name]
@@ -271,6 +299,8 @@ class Bench:
         if spec.prefix_cache_of:
             n = "all" if self.args.prefix_cache_full_test else self.args.latency_queries
             return f"{cfg.fingerprint()}+prefix-cache:{n}"
+        if spec.teacher_of:  # the teacher by what it is, not where its run directory happens to be
+            cfg.train.teacher = f"adapter of {spec.teacher_of} {self.fingerprint(spec.teacher_of)}"
         return f"{cfg.fingerprint()}+latency:{self.args.latency_queries}"
 
 
@@ -304,6 +334,10 @@ def _finished(bench: Bench, name: str, derived: tuple[Path, ...]) -> dict[str, A
     with the ``derived`` files, so the method is measured again; its pipeline run is kept.
     """
     path = bench.run_dir(name) / BENCH_FILE
+    restored = bench.ledger.restore(name, bench.run_dir(name), bench.fingerprint(name))
+    if restored is not None:
+        LOG.info("%s: restored from %s (measured %s)", name, _display(bench.ledger.root / name), restored["finished"])
+        return restored
     if not path.is_file():
         return None
     entry = read_json(path)
@@ -350,6 +384,7 @@ def run_method(bench: Bench, name: str) -> dict[str, Any]:
     if done is not None:
         LOG.info("%s: finished earlier, kept (%s)", name, _display(run_dir / BENCH_FILE))
         return done
+    teacher = _run_teacher(bench, name)
     t0 = time.perf_counter()
     if (run_dir / "metrics.json").is_file():
         LOG.info("%s: pipeline run finished earlier, kept", name)
@@ -383,9 +418,33 @@ def run_method(bench: Bench, name: str) -> dict[str, Any]:
     }
     if hist.get("teacher_wall_s"):
         entry["teacher_wall_s"] = float(hist["teacher_wall_s"])
+    if teacher is not None:  # issue 7: the frozen teacher's own training is part of this method's cost
+        entry.update(own_train_wall_s=entry["train_wall_s"], teacher_train_wall_s=teacher["train_wall_s"],
+                     teacher_from=METHODS[name].teacher_of)
+        entry["train_wall_s"] += teacher["train_wall_s"]
+    entry["hardware"] = hardware()
     write_json(run_dir / BENCH_FILE, entry)
+    bench.ledger.save(name, run_dir, entry)
     LOG.info("%s: done in %.0f s — %s", name, entry["bench_wall_s"], _summary(bench.metric, entry))
     return entry
+
+
+def _run_teacher(bench: Bench, name: str) -> dict[str, Any] | None:
+    """Run (or reuse) the method whose adapter is ``name``'s frozen KL teacher; None without one."""
+    teacher = METHODS[name].teacher_of
+    if teacher is None:
+        return None
+    entry = run_method(bench, teacher)
+    _need_adapter(bench, teacher, name)
+    return entry
+
+
+def _need_adapter(bench: Bench, source: str, user: str) -> None:
+    """A method restored from the ledger has no adapter; one that serves or distils it cannot go on."""
+    if not (bench.run_dir(source) / "adapter").is_dir():
+        raise RunDirError(f"{user} needs {source}'s adapter, but {source} was restored from "
+                          f"{_display(bench.ledger.root / source)} without one; delete that directory "
+                          f"to train {source} again")
 
 
 def _run_prefix_cache(bench: Bench, name: str) -> dict[str, Any]:
@@ -398,6 +457,7 @@ def _run_prefix_cache(bench: Bench, name: str) -> dict[str, Any]:
     if done is not None:
         LOG.info("%s: finished earlier, kept (%s)", name, _display(run_dir / BENCH_FILE))
         return done
+    _need_adapter(bench, source, name)
     t0 = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "source.json", {"source": source, "fingerprint": fingerprint})
@@ -437,9 +497,10 @@ def _run_prefix_cache(bench: Bench, name: str) -> dict[str, Any]:
         "schedule_shape": src["schedule_shape"], "compress_method": src["compress_method"],
         "n_test": system["n"], "missing": system["missing"], "bleu_tokenizer": system.get("bleu_tokenizer"),
         "run_dir": _display(run_dir), "bench_wall_s": time.perf_counter() - t0, "finished": _now(),
-        "items": items, "fingerprint": fingerprint,
+        "items": items, "fingerprint": fingerprint, "hardware": hardware(),
     }
     write_json(run_dir / BENCH_FILE, entry)
+    bench.ledger.save(name, run_dir, entry)
     LOG.info("%s: done in %.0f s — %s", name, entry["bench_wall_s"], _summary(bench.metric, entry))
     return entry
 
@@ -558,6 +619,7 @@ def collect(bench: Bench) -> dict[str, Any]:
     entries = {}
     for name in METHODS:
         path = bench.run_dir(name) / BENCH_FILE
+        bench.ledger.restore(name, bench.run_dir(name), bench.fingerprint(name))
         if path.is_file():
             entry = read_json(path)
             if entry.get("fingerprint") == bench.fingerprint(name):
@@ -582,10 +644,13 @@ def collect(bench: Bench) -> dict[str, Any]:
         for other in COMPARED:
             if other in entries:
                 comparisons[f"{HEADLINE_METHOD} vs {other}"] = _deltas(bench, entries[HEADLINE_METHOD], entries[other])
+    for a, b in DISTILL_COMPARISONS:
+        if a in entries and b in entries:
+            comparisons[f"{a} vs {b}"] = _deltas(bench, entries[a], entries[b])
     prices = bench.args.prices
     pending = [m for m in bench.args.methods if m not in entries]
     results = {
-        "task": bench.task, "model": bench.base.model, "hardware": hardware(),
+        "task": bench.task, "model": bench.base.model, "hardware": _machines(entries),
         "date": max((e["finished"] for e in entries.values()), default=_now()),  # of the last measurement
         "scale": {"name": bench.scale, "train": bench.n_train, "test": len(bench.test),
                   "stages": bench.base.schedule.stages, "total_steps": bench.total_steps,
@@ -602,6 +667,12 @@ def collect(bench: Bench) -> dict[str, Any]:
     }
     results["headline"] = headline(results)
     return results
+
+
+def _machines(entries: dict[str, dict[str, Any]]) -> str:
+    """The machine(s) the entries were measured on (this one when none says); several joined by ' | '."""
+    found = list(dict.fromkeys(e["hardware"] for e in entries.values() if e.get("hardware")))
+    return " | ".join(found) if found else hardware()
 
 
 def _per_1k(per_1m: float | None) -> float | None:
@@ -683,7 +754,7 @@ def _run(args: argparse.Namespace) -> int:
 
     set_cpu_threads(args.threads)
     runs = Path(args.runs) if args.runs else BENCH_DIR / "runs" / stem
-    bench = Bench(args.task, args.scale, run_raw, bargs, runs)
+    bench = Bench(args.task, args.scale, run_raw, bargs, runs, Ledger(results_dir / f"{stem}-methods"))
     order = [m for m in METHODS if m in chosen]
     if args.plan:
         print_plan(bench, order)

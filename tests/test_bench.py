@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ if str(ROOT) not in sys.path:  # bench/ lives beside src/, not in the installed 
     sys.path.insert(0, str(ROOT))
 rb = importlib.import_module("bench.run_bench")
 
-METHODS = ["full-prompt", "full-prompt+prefix-cache", "query-only", "promptintern"]
+METHODS = ["full-prompt", "full-prompt+prefix-cache", "query-only", "promptintern", "promptintern+kl", "query-only+kl"]
 PER_METHOD = ("input_tokens_mean", "latency_s_mean", "throughput_qps", "train_wall_s", "cost_per_1k_queries",
               "metrics", "ci95", "delta_vs_full_prompt_ci95", "train_steps")
 
@@ -67,7 +69,9 @@ def test_results_json_has_the_issue_shape(bench_run):
     assert pc["metrics"] == fp["metrics"] and pc["delta_vs_full_prompt_ci95"]["exact_match"] == [0.0, 0.0]
     assert pc["cached_tokens_mean"] > 0 and pc["throughput_batch_size"] == 1 and fp["throughput_batch_size"] == 8
     assert pi["input_tokens_mean"] < fp["input_tokens_mean"] / 5  # served with the query alone
-    assert set(r["comparisons"]) == {"promptintern vs full-prompt", "promptintern vs query-only"}
+    assert set(r["comparisons"]) == {"promptintern vs full-prompt", "promptintern vs query-only",
+                                     "promptintern+kl vs promptintern", "query-only+kl vs promptintern",
+                                     "query-only+kl vs query-only"}
     assert r["headline"]["vs_full_prompt"]["input_tokens_saved_pct"] > 80
 
 
@@ -78,6 +82,20 @@ def test_every_fine_tuned_method_takes_the_same_total_steps(bench_run):
     assert r["methods"]["promptintern"]["steps_per_stage"] == [2, 2]
     history = json.loads((tmp / "runs" / "promptintern" / "train" / "history.json").read_text())
     assert [s["steps"] for s in history["stages"]] == [2, 2]
+
+
+def test_kl_rows_distil_and_count_the_teachers_training(bench_run):
+    tmp, _ = bench_run
+    r = _results(tmp)
+    qkl, pkl, fp = (r["methods"][n] for n in ("query-only+kl", "promptintern+kl", "full-prompt"))
+    assert qkl["teacher_from"] == "full-prompt" and qkl["teacher_train_wall_s"] == fp["train_wall_s"]
+    assert qkl["train_wall_s"] == pytest.approx(qkl["own_train_wall_s"] + fp["train_wall_s"])
+    assert pkl["teacher_wall_s"] > 0 and "teacher_train_wall_s" not in pkl  # self-teacher: no separate training
+    train = yaml.safe_load((tmp / "runs" / "query-only+kl" / "config.yaml").read_text())["train"]
+    assert train["loss"] == "ce+kl" and train["teacher_cache"] and train["teacher"].endswith("full-prompt/adapter")
+    assert any((tmp / "runs" / "query-only+kl" / "train" / "teacher-cache").iterdir())
+    md = (tmp / "results" / "sql.md").read_text()
+    assert "`query-only+kl` (issue 7, KL distillation): exact_match" in md and "vs full-prompt" in md
 
 
 def test_second_invocation_reruns_nothing(bench_run, capsys):
@@ -92,6 +110,30 @@ def test_second_invocation_reruns_nothing(bench_run, capsys):
     assert "pipeline run (" not in out and "latency pass" not in out
     assert {p: p.stat().st_mtime_ns for p in watched} == before
     assert _results(tmp) == results_before
+
+
+def test_finished_methods_resume_on_another_machine_from_the_results(bench_run, tmp_path, capsys):
+    tmp, argv = bench_run
+    shutil.copytree(tmp / "results", tmp_path / "results")  # the committed results; bench/runs is gone
+    moved = [a if a != str(tmp / "results") else str(tmp_path / "results") for a in argv]
+    moved[moved.index("--runs") + 1] = str(tmp_path / "runs")
+    ledger = tmp / "results" / "sql-methods"
+    kept = {f.relative_to(ledger) for f in ledger.rglob("*") if f.is_file()}
+    assert {Path("full-prompt/bench.json"), Path("full-prompt/predictions/full-prompt.jsonl"),
+            Path("full-prompt/metrics.json"), Path("promptintern/train/history.json")} <= kept
+    assert not any(".safetensors" in str(f) for f in kept)  # adapters are not kept
+    capsys.readouterr()
+    assert rb.main(moved) == 0
+    out = capsys.readouterr().out
+    assert "restored from" in out and all((tmp_path / "runs" / n / "bench.json").is_file() for n in METHODS)
+    assert "pipeline run (" not in out and "latency pass" not in out
+    assert _results(tmp_path) == _results(tmp)
+    # a method that needs an adapter of a restored method says so in one line
+    shutil.rmtree(tmp_path / "results" / "sql-methods" / "query-only+kl")
+    shutil.rmtree(tmp_path / "runs")
+    assert rb.main([*moved, "--methods", "query-only+kl"]) == 5
+    err = capsys.readouterr().err
+    assert err.startswith("error: query-only+kl needs full-prompt's adapter") and err.count("\n") == 1
 
 
 def test_markdown_renders_and_render_only_rebuilds_it(bench_run):
