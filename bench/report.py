@@ -271,3 +271,60 @@ def write_outputs(results: dict[str, Any], results_dir: Path, stem: str, with_js
         write_json(results_dir / f"{stem}.json", results)
     write_plot(results, results_dir / f"{stem}.png")
     write_text(results_dir / f"{stem}.md", render_markdown(results))
+
+
+# ---------------------------------------------------------------- README section
+
+README_START = "<!-- bench-results:start (generated from bench/results/*.json by `python bench/run_bench.py --readme`) -->"
+README_END = "<!-- bench-results:end -->"
+
+
+def _x(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}×"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0f}%"
+
+
+def _vs(h: dict[str, Any], other: str) -> str:
+    v = h.get(f"vs_{other.replace('-', '_')}")
+    return f"{v['delta']:+.1f} {_fmt_ci(v['delta_ci95'])}" if v else "n/a"
+
+
+def readme_section(results_list: list[dict[str, Any]], results_dir: str = "bench/results") -> str:
+    """The README's results block: one headline row per task, then each task's findings and plot.
+
+    Pure function of the results documents, so the README says what the committed JSON says.
+    """
+    head = ["task", "scale (train / test, steps)", "input tokens/q FT → PI", "tokens saved", "latency speed-up (b1)",
+            "throughput (b8)", "cost saved", "Δ vs full-prompt FT [95% CI]", "Δ vs query-only FT", "Δ vs compressed"]
+    rows = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    details: list[str] = []
+    for r in results_list:
+        h, scale = headline(r), r["scale"]
+        fp = h.get("vs_full_prompt") or {}
+        tokens = fp.get("input_tokens")
+        rows.append("| " + " | ".join([
+            f"{r['task']} ({h['metric']})", f"{scale['train']} / {scale['test']}, {scale.get('total_steps', '?')}",
+            f"{tokens[0]:.0f} → {tokens[1]:.0f}" if tokens else "n/a", _pct(fp.get("input_tokens_saved_pct")),
+            _x(fp.get("latency_speedup_x")), _x(fp.get("throughput_gain_x")), _pct(fp.get("cost_saved_pct")),
+            _vs(h, "full-prompt"), _vs(h, "query-only"), _vs(h, "compressed")]) + " |")
+        details += ["", f"**{r['task']}** — {r['model']} on {r['hardware']}, {r['date'][:10]}; "
+                        f"[all methods]({results_dir}/{r['task']}.md)."]
+        if not r.get("complete", True):
+            details.append(f"Still to run at this scale: {', '.join(r.get('pending', []))}.")
+        details += ["", f"![{r['task']}: {h['metric']} vs input tokens]({results_dir}/{r['task']}.png)", ""]
+        details += [f"- {f}" for f in h["findings"]]
+        details += _distill_lines(r, h["metric"])
+    if not results_list:
+        rows.append("| (no results yet) |" + " |" * (len(head) - 1))
+    return "\n".join([README_START, *rows, *details, README_END])
+
+
+def update_readme(text: str, section: str) -> str:
+    """``text`` with the block between the README markers replaced by ``section``."""
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError("README has no bench-results markers")
+    return text[:start] + section + text[end + len(README_END):]

@@ -39,7 +39,7 @@ from promptintern.cli import quiet_libraries
 from promptintern.config import RunConfig
 from promptintern.configtools import apply_overrides, from_dict, load_yaml
 from promptintern.errors import ConfigError, RunDirError, UserError
-from promptintern.io import read_json, read_jsonl, write_json
+from promptintern.io import read_json, read_jsonl, write_json, write_text
 from promptintern.methods import plan as method_plan
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable for bench.report
@@ -51,13 +51,16 @@ from bench.report import (  # noqa: E402
     HEADLINE_METHOD,
     REFERENCE,
     headline,
+    readme_section,
     render_markdown,
+    update_readme,
     write_outputs,
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 SCALES = ("default", "small", "gpu")
+TASKS = ("nl2bash", "mbpp")  # the tasks with a shipped bench config (README's results block)
 # BENCH_FILE (bench.ledger): a method's measurements; written last, so it marks the method done
 LATENCY_FILE = "latency-b1.jsonl"
 ITEM_KEYS = {"exact_match": "exact_match", "structure_match": "structure_match", "pass@1": "passed"}
@@ -699,7 +702,7 @@ def print_plan(bench: Bench, names: list[str]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_bench.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, help="nl2bash or mbpp: names bench/configs/<task>.yaml and the results files")
+    p.add_argument("--task", required=False, help="nl2bash or mbpp: names bench/configs/<task>.yaml and the results files")
     p.add_argument("--scale", choices=SCALES, default="default", help="preset in the config's scales: section")
     p.add_argument("--config", help="bench config (default bench/configs/<task>.yaml)")
     p.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)}")
@@ -710,6 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the available cores)")
     p.add_argument("--plan", action="store_true", help="print every method's stages and steps, run nothing")
     p.add_argument("--render-only", action="store_true", help="rewrite <task>.md and <task>.png from <task>.json")
+    p.add_argument("--readme", action="store_true",
+                   help="rewrite README.md's results block from bench/results/<task>.json of every task (--task ignored)")
     return p
 
 
@@ -734,9 +739,23 @@ def _setup_logging() -> None:
         LOG.propagate = False
 
 
+def write_readme(results_dir: Path, readme: Path = ROOT / "README.md") -> list[str]:
+    """Rewrite ``readme``'s results block from the default-scale results of every task; the tasks used."""
+    found = [read_json(p) for p in sorted(results_dir.glob("*.json")) if p.stem in TASKS]
+    try:
+        text = update_readme(readme.read_text(encoding="utf-8"), readme_section(found, _display(results_dir)))
+    except ValueError as exc:
+        raise ConfigError(f"{readme}: {exc}") from None
+    write_text(readme, text)
+    return [r["task"] for r in found]
+
+
 def _run(args: argparse.Namespace) -> int:
     stem = args.task if args.scale == "default" else f"{args.task}-{args.scale}"
     results_dir = Path(args.results) if args.results else BENCH_DIR / "results"
+    if args.readme:
+        LOG.info("README results block rewritten from: %s", ", ".join(write_readme(results_dir)) or "no results")
+        return 0
     if args.render_only:
         path = results_dir / f"{stem}.json"
         if not path.is_file():
@@ -776,7 +795,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.task or args.readme):
+        parser.error("--task is required")
     _setup_logging()
     quiet_libraries()
     try:

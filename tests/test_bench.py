@@ -272,3 +272,30 @@ def test_headline_without_promptintern_or_reference_degrades_gracefully():
     del results["methods"]["promptintern"]
     assert rb.headline(results)["findings"] == []
     assert "needs the promptintern and full-prompt results" in rb.render_markdown(results)
+
+
+def test_readme_block_is_generated_from_the_results_json(tmp_path):
+    from bench.report import README_END, README_START
+
+    r = {**_synthetic_results(), "complete": False, "pending": ["generate"]}
+    section = rb.readme_section([r])
+    assert section.startswith(README_START) and section.endswith(README_END)
+    assert "| nl2bash (bleu) | 144 / 300, 36 | 1000 → 100 | 90% | 4.00× | 4.00× | 87% | -2.0 [-5.0, +1.0] " in section
+    assert "| +1.0 [-1.0, +3.0] | +8.0 [+4.0, +12.0] |" in section
+    assert "Still to run at this scale: generate." in section and "![nl2bash: bleu vs input tokens]" in section
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "nl2bash.json").write_text(json.dumps(r))
+    (results / "nl2bash-small.json").write_text(json.dumps({**r, "task": "small scale: not in the README"}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{README_START}\nold table\n{README_END}\nafter\n")
+    assert rb.write_readme(results, readme) == ["nl2bash"]
+    text = readme.read_text()
+    assert "old table" not in text and "not in the README" not in text
+    assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{README_END}\nafter\n")
+    assert rb.readme_section([r], str(results)) in text
+    rb.write_readme(results, readme)
+    assert readme.read_text() == text  # idempotent
+    readme.write_text("# no markers\n")
+    with pytest.raises(ConfigError, match="no bench-results markers"):
+        rb.write_readme(results, readme)
