@@ -178,7 +178,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     if not (fp or pc):
         lines.append("- (needs the promptintern and full-prompt results)")
     if h["findings"]:
-        lines += ["", "**Where PromptIntern loses or does not measurably win:**", ""]
+        lines += ["", "**Findings** (accuracy against full-prompt FT; where PromptIntern loses or does not measurably win):", ""]
         lines += [f"- {f}" for f in h["findings"]]
     others = sorted({m for e in methods.values() for m in e["metrics"]} - {key})
     header = ["method", "served (τ, k)", "train steps", "train s", "input tok/q", "output tok/q",
