@@ -17,6 +17,10 @@ COMPARED = ("full-prompt", "query-only", "compressed")  # paired deltas of Promp
 # issue 7: what the KL stage loss bought, as paired deltas (a − b) besides each row's Δ vs full-prompt
 DISTILL_COMPARISONS = (("promptintern+kl", "promptintern"), ("query-only+kl", "promptintern"),
                        ("query-only+kl", "query-only"))
+# the paper's ablations and our schedule variants, as paired deltas (a − b): what each ingredient adds
+ABLATION_COMPARISONS = (("promptintern", "template-only"), ("promptintern", "examples-only"),
+                        ("promptintern", "base-full"), ("promptintern-exponential", "promptintern"),
+                        ("promptintern-inverse_exponential", "promptintern"), ("promptintern-revisit", "promptintern"))
 
 
 def ordered_methods(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -205,7 +209,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"- Intervals: percentile bootstrap ({results.get('bootstrap', {}).get('n', '?')} resamples); Δ intervals are "
         "paired (both systems resampled on the same test items; BLEU recomputed from summed sentence statistics).",
     ]
-    lines += _distill_lines(results, key)
+    lines += _distill_lines(results, key) + _ablation_lines(results, key)
     if " | " in results.get("hardware", ""):
         lines.append("- Measured on more than one machine (the benchmark resumed elsewhere); each method's `hardware` "
                      "and `finished` in the JSON say where and when. Compare latencies measured on the same machine.")
@@ -231,6 +235,18 @@ def _distill_lines(results: dict[str, Any], key: str) -> list[str]:
         cost = (f"; train s includes the teacher's {e['teacher_train_wall_s']:.0f} s" if e.get("teacher_train_wall_s")
                 else f"; {e['teacher_wall_s']:.0f} s of it on teacher targets" if e.get("teacher_wall_s") else "")
         lines.append(f"- `{name}` (issue 7, KL distillation): " + ", ".join(parts) + cost + ".")
+    return lines
+
+
+def _ablation_lines(results: dict[str, Any], key: str) -> list[str]:
+    """One note per measured ablation pair: the paired difference a − b and whether it is significant."""
+    comps = results.get("comparisons", {})
+    lines = []
+    for a, b in ABLATION_COMPARISONS:
+        d = comps.get(f"{a} vs {b}", {}).get(key)
+        if d is not None:
+            lines.append(f"- Ablation `{a}` − `{b}`: {key} {d['delta']:+.1f}, 95% CI {_fmt_ci(d['ci95'])} "
+                         f"({_verdict(d['delta'], d['ci95'])}).")
     return lines
 
 

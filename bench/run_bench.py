@@ -46,6 +46,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.ledger import BENCH_FILE, Ledger  # noqa: E402
 from bench.report import (  # noqa: E402
+    ABLATION_COMPARISONS,
     COMPARED,
     DISTILL_COMPARISONS,
     HEADLINE_METHOD,
@@ -647,7 +648,7 @@ def collect(bench: Bench) -> dict[str, Any]:
         for other in COMPARED:
             if other in entries:
                 comparisons[f"{HEADLINE_METHOD} vs {other}"] = _deltas(bench, entries[HEADLINE_METHOD], entries[other])
-    for a, b in DISTILL_COMPARISONS:
+    for a, b in DISTILL_COMPARISONS + ABLATION_COMPARISONS:
         if a in entries and b in entries:
             comparisons[f"{a} vs {b}"] = _deltas(bench, entries[a], entries[b])
     prices = bench.args.prices

@@ -19,7 +19,8 @@ if str(ROOT) not in sys.path:  # bench/ lives beside src/, not in the installed 
     sys.path.insert(0, str(ROOT))
 rb = importlib.import_module("bench.run_bench")
 
-METHODS = ["full-prompt", "full-prompt+prefix-cache", "query-only", "promptintern", "promptintern+kl", "query-only+kl"]
+METHODS = ["full-prompt", "full-prompt+prefix-cache", "query-only", "template-only", "promptintern", "promptintern+kl",
+           "query-only+kl"]
 PER_METHOD = ("input_tokens_mean", "latency_s_mean", "throughput_qps", "train_wall_s", "cost_per_1k_queries",
               "metrics", "ci95", "delta_vs_full_prompt_ci95", "train_steps")
 
@@ -71,7 +72,7 @@ def test_results_json_has_the_issue_shape(bench_run):
     assert pi["input_tokens_mean"] < fp["input_tokens_mean"] / 5  # served with the query alone
     assert set(r["comparisons"]) == {"promptintern vs full-prompt", "promptintern vs query-only",
                                      "promptintern+kl vs promptintern", "query-only+kl vs promptintern",
-                                     "query-only+kl vs query-only"}
+                                     "query-only+kl vs query-only", "promptintern vs template-only"}
     assert r["headline"]["vs_full_prompt"]["input_tokens_saved_pct"] > 80
 
 
@@ -96,6 +97,16 @@ def test_kl_rows_distil_and_count_the_teachers_training(bench_run):
     assert any((tmp / "runs" / "query-only+kl" / "train" / "teacher-cache").iterdir())
     md = (tmp / "results" / "sql.md").read_text()
     assert "`query-only+kl` (issue 7, KL distillation): exact_match" in md and "vs full-prompt" in md
+
+
+def test_ablation_pairs_are_compared_and_rendered(bench_run):
+    tmp, _ = bench_run
+    r = _results(tmp)
+    d = r["comparisons"]["promptintern vs template-only"]["exact_match"]
+    pi, to = (r["methods"][n]["metrics"]["exact_match"] for n in ("promptintern", "template-only"))
+    assert d["delta"] == pytest.approx(pi - to) and d["ci95"][0] <= d["delta"] <= d["ci95"][1]
+    md = (tmp / "results" / "sql.md").read_text()
+    assert f"- Ablation `promptintern` − `template-only`: exact_match {d['delta']:+.1f}, 95% CI" in md
 
 
 def test_second_invocation_reruns_nothing(bench_run, capsys):
