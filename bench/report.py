@@ -332,7 +332,7 @@ def readme_section(results_list: list[dict[str, Any]], results_dir: str = "bench
             details.append(f"Still to run at this scale: {', '.join(r.get('pending', []))}.")
         details += ["", f"![{r['task']}: {h['metric']} vs input tokens]({results_dir}/{r['task']}.png)", ""]
         details += [f"- {f}" for f in h["findings"]]
-        details += _distill_lines(r, h["metric"])
+        details += _distill_lines(r, h["metric"]) + _ablation_lines(r, h["metric"])
     if not results_list:
         rows.append("| (no results yet) |" + " |" * (len(head) - 1))
     return "\n".join([README_START, *rows, *details, README_END])

@@ -294,6 +294,9 @@ def test_readme_block_is_generated_from_the_results_json(tmp_path):
     assert "| nl2bash (bleu) | 144 / 300, 36 | 1000 → 100 | 90% | 4.00× | 4.00× | 87% | -2.0 [-5.0, +1.0] " in section
     assert "| +1.0 [-1.0, +3.0] | +8.0 [+4.0, +12.0] |" in section
     assert "Still to run at this scale: generate." in section and "![nl2bash: bleu vs input tokens]" in section
+    r["comparisons"]["promptintern vs template-only"] = {"bleu": {"delta": 2.5, "ci95": [0.5, 4.5]}}
+    assert ("- Ablation `promptintern` − `template-only`: bleu +2.5, 95% CI [+0.5, +4.5] (better (significant))."
+            in rb.readme_section([r]))
     results = tmp_path / "results"
     results.mkdir()
     (results / "nl2bash.json").write_text(json.dumps(r))
