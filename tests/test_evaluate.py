@@ -206,7 +206,8 @@ def test_score_exact_and_pass_at_1_and_table():
         score("rouge", {}, insts)
 
 
-def test_evaluate_file_nl2bash(data_dir, tmp_path):
+def test_evaluate_file_nl2bash(nl2bash_data_dir, tmp_path):
+    data_dir = nl2bash_data_dir
     from promptintern.tasks import get_task
 
     test = get_task("nl2bash").load_split("test", data_dir)
@@ -230,12 +231,12 @@ def test_evaluate_file_nl2bash(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_mbpp_reference_solutions_pass(data_dir):
+def test_mbpp_reference_solutions_pass(mbpp_data_dir):
     """Every MBPP task's own solution, through the full sandbox (about a minute on 2 workers)."""
     from promptintern.tasks import get_task
 
     task = get_task("mbpp")
-    instances = [i for split in ("prompt", "test", "validation", "train") for i in task.load_split(split, data_dir)]
+    instances = [i for split in ("prompt", "test", "validation", "train") for i in task.load_split(split, mbpp_data_dir)]
     assert len(instances) == 974
     start = time.monotonic()
     res = pass_at_1({i.id: i.answer for i in instances}, instances, workers=2, timeout_s=20)

@@ -32,8 +32,8 @@ def trained(tmp_path_factory):
     """A 2-stage run and its model as it is in memory at the end of training."""
     run_dir = tmp_path_factory.mktemp("run")
     keep = KeepModel()
-    train_stages(toy_stages(2), model_name="tiny-random", lora=LoraArgs(), args=toy_args(max_steps_per_stage=3),
-                 run_dir=run_dir, callbacks=[keep])
+    train_stages(toy_stages(2), model_name="tiny-random", lora=LoraArgs(), args=toy_args(max_steps_per_stage=3, use_cpu=True),
+                 run_dir=run_dir, callbacks=[keep])  # fp32 on the CPU: the reloads are compared to 1e-5
     model = keep.model.eval()
     _, tok = load_model("tiny-random")
     text = tok.apply_chat_template(toy_stages(2)[1].records[0].messages, tokenize=False, add_generation_prompt=True)

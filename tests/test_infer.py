@@ -299,8 +299,8 @@ def test_load_for_inference(lively, lively_dir, tmp_path):
     ids = torch.tensor([encode_prompts(tok, PROMPTS[:1])[0]])
     with torch.no_grad():
         want = peft_model(input_ids=ids).logits
-        merged, _ = load_for_inference(str(lively_dir), tmp_path / "adapter", merge=True)
-        unmerged, _ = load_for_inference(str(lively_dir), tmp_path / "adapter", merge=False)
+        merged, _ = load_for_inference(str(lively_dir), tmp_path / "adapter", merge=True, device="cpu")
+        unmerged, _ = load_for_inference(str(lively_dir), tmp_path / "adapter", merge=False, device="cpu")
         assert not merged.training and not unmerged.training
         assert torch.allclose(merged(input_ids=ids).logits, want, atol=1e-4)
         assert torch.allclose(unmerged(input_ids=ids).logits, want, atol=1e-5)

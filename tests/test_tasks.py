@@ -61,7 +61,8 @@ def test_nl2bash_length_mismatch(tmp_path):
         get_task("nl2bash").load_split("train", root)
 
 
-def test_nl2bash_real_split(data_dir):
+def test_nl2bash_real_split(nl2bash_data_dir):
+    data_dir = nl2bash_data_dir
     task = get_task("nl2bash")
     splits = {s: task.load_split(s, data_dir) for s in ("train", "validation", "test")}
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [8000, 600, 600]
@@ -85,7 +86,8 @@ def test_nl2bash_real_split(data_dir):
 # --- MBPP ------------------------------------------------------------------------------------
 
 
-def test_mbpp_splits_and_queries(data_dir):
+def test_mbpp_splits_and_queries(mbpp_data_dir):
+    data_dir = mbpp_data_dir
     task = get_task("mbpp")
     ids = {s: [int(i.id) for i in task.load_split(s, data_dir)] for s in ("train", "validation", "test", "prompt")}
     assert ids["train"] == list(range(601, 975))

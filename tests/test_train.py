@@ -40,7 +40,7 @@ def adapter_tensors(path: Path) -> dict[str, torch.Tensor]:
 def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for key in a:
-        assert torch.equal(a[key], b[key]), key
+        assert torch.equal(a[key].cpu(), b[key].cpu()), key  # training may have run on a GPU
 
 
 def run_helper(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -88,7 +88,7 @@ def test_records_longer_than_max_length_are_dropped_not_truncated(tiny_model):
 def test_answer_only_logits_give_the_full_logits_loss_and_gradients():
     from promptintern.models import load_model
 
-    base, tok = load_model("tiny-random")  # a private copy: LoRA layers are injected in place
+    base, tok = load_model("tiny-random", device="cpu")  # a private copy: LoRA layers are injected in place
     model = get_peft_model(base, LoraArgs(dropout=0.0).to_peft())
     torch.manual_seed(0)
     for name, p in model.named_parameters():  # non-zero B so the adapter takes part
@@ -113,6 +113,34 @@ def test_answer_only_logits_give_the_full_logits_loss_and_gradients():
     n_answer = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     summed = answer_loss(model, batch, num_items_in_batch=1)
     torch.testing.assert_close(summed / n_answer, full, atol=1e-5, rtol=0)
+
+
+def test_answer_logits_through_a_wrapper_whose_forward_takes_no_mask(tiny_model):
+    """Answer-only logits come from a hook on the LM head, not from a boolean ``logits_to_keep``
+    (transformers 5.17 raises IndexError on one): a DDP-like wrapper with a plain forward works,
+    the rows equal the full logits at the answer positions, and the hook is gone afterwards."""
+    from promptintern.distill import answer_logits, answer_mask
+
+    model, tok = tiny_model
+
+    class Wrapped(torch.nn.Module):  # like DistributedDataParallel: the model sits in .module
+        def __init__(self, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, input_ids, attention_mask=None, use_cache=None):  # noqa: ANN001
+            return self.module(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+    records = toy_stages(3, 3)[0].records + toy_stages(3, 3)[2].records
+    batch = PadCollator(tok.pad_token_id)(tokenize_records(records, tok, 4096)[0])
+    with torch.no_grad():
+        logits, targets = answer_logits(Wrapped(model), batch["input_ids"], batch["attention_mask"], batch["labels"])
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    keep = answer_mask(batch["labels"])
+    assert logits.shape == (int(keep.sum()), full.shape[-1])
+    torch.testing.assert_close(logits, full[keep], atol=1e-5, rtol=0)
+    assert torch.equal(targets, batch["labels"][:, 1:][keep[:, :-1]])
+    assert not model.get_output_embeddings()._forward_pre_hooks
 
 
 # ---------------------------------------------------------------- arguments
@@ -231,6 +259,9 @@ def test_resume_after_sigkill_mid_stage_matches_uninterrupted_run(reference_run,
                             adapter_tensors(reference_run / "train" / f"stage-{i}" / "final"))
     history = json.loads((run_dir / "train" / "history.json").read_text())
     assert [s["resumed_from"] for s in history["stages"]] == [None, "checkpoint-4", None]
+    resumed = history["stages"][1]  # its seconds before checkpoint-4 (in the killed process) still count
+    assert 0 < resumed["wall_s_before_resume"] < resumed["train_wall_s"]
+    assert history["stages"][0]["wall_s_before_resume"] == 0
     ref = json.loads((reference_run / "train" / "history.json").read_text())
     losses = [[e["loss"] for e in s["log_history"] if "loss" in e] for s in history["stages"]]
     assert losses == [[e["loss"] for e in s["log_history"] if "loss" in e] for s in ref["stages"]]

@@ -20,8 +20,9 @@ grows (the top-k sets are nested). The loss is ``T² · KL_k`` summed over answe
 divided like the cross-entropy (answer tokens of the accumulated batch), so gradients keep
 their scale across temperatures (Hinton et al.).
 
-Memory: the LM head runs at the answer positions only (boolean ``logits_to_keep``) for both
-models, so no full-vocabulary logits exist for prompt positions; the teacher's answer-position
+Memory: the LM head runs at the answer positions only for both models (a forward pre-hook on
+the output embeddings keeps those rows of the final hidden states), so no full-vocabulary
+logits exist for prompt positions; the teacher's answer-position
 logits are reduced to top-k + tail logsumexp chunk by chunk and freed.
 
 Teacher cache (frozen teachers only; a self-teacher's weights change every step): one
@@ -34,9 +35,10 @@ answer-token count, k and T. Every process writes the rows it computed, atomical
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,15 +66,49 @@ def answer_mask(labels: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+def _output_head(model: Any) -> torch.nn.Module:
+    """The LM head of ``model``, looking through DDP / accelerate wrappers and peft."""
+    inner = model
+    while isinstance(getattr(inner, "module", None), torch.nn.Module):
+        inner = inner.module
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Module):
+        raise ModelError(f"{type(inner).__name__} exposes no output embeddings (get_output_embeddings()); "
+                         "answer-only logits need a causal LM with an LM head")
+    return head
+
+
+@contextlib.contextmanager
+def _head_rows(head: torch.nn.Module, keep: torch.Tensor) -> Iterator[None]:
+    """While active, ``head`` sees only the rows ``hidden[keep]`` of its ``[B, T, H]`` input.
+
+    A hook rather than a boolean ``logits_to_keep``: transformers accepts such a mask only from
+    5.2x on (5.17 raises IndexError, seen on a GPU machine), remote-code models may never, and
+    the hook works on every causal LM whose head is called on the final hidden states.
+    """
+    def keep_rows(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        hidden, *rest = args
+        if hidden.dim() != 3 or hidden.shape[:2] != keep.shape:
+            return None
+        return (hidden[keep.to(hidden.device)], *rest)
+
+    handle = head.register_forward_pre_hook(keep_rows)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def answer_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """LM-head logits at the answer positions only, flattened row by row ``[N, V]``, and their targets ``[N]``."""
     keep = answer_mask(labels)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False)
+    with _head_rows(_output_head(model), keep):
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     logits = out.logits
     if logits.dim() != 2:
-        raise ModelError(f"{type(model).__name__} does not accept a boolean logits_to_keep mask "
-                         "(needs a transformers 5 causal LM)")
+        raise ModelError(f"{type(model).__name__} did not call its LM head on the final hidden states "
+                         "(answer-only logits need a standard causal LM)")
     return logits, labels[:, 1:][keep[:, :-1]]
 
 

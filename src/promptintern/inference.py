@@ -421,11 +421,15 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
 # ---------------------------------------------------------------- models
 
 
-def load_for_inference(base_model: str, adapter_dir: Path | None, merge: bool = True) -> tuple[Any, Any]:
-    """The base model with a trained PEFT adapter applied (merged for speed), in eval mode."""
+def load_for_inference(base_model: str, adapter_dir: Path | None, merge: bool = True,
+                       device: str | None = None) -> tuple[Any, Any]:
+    """The base model with a trained PEFT adapter applied (merged for speed), in eval mode.
+
+    ``device`` defaults to a GPU when one is visible (see :func:`~promptintern.models.load_model`).
+    """
     from .models import load_model
 
-    model, tokenizer = load_model(base_model)
+    model, tokenizer = load_model(base_model, device=device)
     if adapter_dir is not None:
         adapter_dir = Path(adapter_dir)
         if not (adapter_dir / "adapter_config.json").is_file():

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -99,6 +100,25 @@ def resolve_embedding_model(name: str) -> str:
     return str(model_dir)
 
 
+def _import_bm25s() -> Any:
+    """``bm25s`` without JAX: importing it runs a JAX op when JAX is installed, and JAX then claims
+    75% of the GPU's memory for itself (seen on an H200: every torch allocation after it failed
+    with CUDA out of memory). We score with ``get_scores_from_ids``, which never needs JAX.
+    Where the caller has imported JAX already, its settings stand and nothing is hidden.
+    """
+    if "bm25s" in sys.modules or "jax" in sys.modules:
+        import bm25s
+
+        return bm25s
+    sys.modules["jax"] = None  # type: ignore[assignment]  # `import jax.lax` now raises ImportError
+    try:
+        import bm25s
+    finally:
+        if sys.modules.get("jax", ...) is None:
+            del sys.modules["jax"]
+    return bm25s
+
+
 class _BM25Scorer:
     """BM25 (bm25s, Lucene variant) over tokenised pool queries."""
 
@@ -108,8 +128,7 @@ class _BM25Scorer:
 
     @classmethod
     def build(cls, texts: Sequence[str], cfg: RetrieveConfig) -> _BM25Scorer:
-        import bm25s
-
+        bm25s = _import_bm25s()
         stop = _stopwords() if cfg.stopwords else frozenset()
         corpus = [tokenize(t, stop) for t in texts]
         if not any(corpus):
@@ -135,8 +154,7 @@ class _BM25Scorer:
 
     @classmethod
     def load(cls, directory: Path, cfg: RetrieveConfig) -> _BM25Scorer:
-        import bm25s
-
+        bm25s = _import_bm25s()
         return cls(bm25s.BM25.load(str(directory / "bm25"), show_progress=False), cfg.stopwords)
 
 
@@ -355,9 +373,7 @@ def _replace_dir(src: Path, dest: Path) -> None:
 
 
 def _stopwords() -> frozenset[str]:
-    from bm25s.stopwords import STOPWORDS_EN
-
-    return frozenset(STOPWORDS_EN)
+    return frozenset(_import_bm25s().stopwords.STOPWORDS_EN)
 
 
 def _load_sentence_model(cfg: RetrieveConfig) -> Any:

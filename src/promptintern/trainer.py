@@ -27,7 +27,7 @@ hardware and thread count the result is bitwise identical to an uninterrupted ru
 Choices (ours; the paper does not say):
 
 - Loss ``ce`` (default, the paper): cross-entropy on the answer tokens only. LM-head logits are computed at those
-  positions only (a boolean ``logits_to_keep``): with a 49k vocabulary the head over every
+  positions only (a pre-hook on the LM head keeps those rows; works on every transformers 5.x): with a 49k vocabulary the head over every
   prompt position is a large, useless share of a step (about a fifth of SmolLM2-135M's step
   time on CPU, more as prompts grow). The sum is divided by the number of
   answer tokens in the whole accumulated (and, with several processes, global) batch, like
@@ -103,6 +103,7 @@ PER_STAGE_FIELDS = frozenset(
      "max_length", "optimizer_state", "save_steps"}
 )
 DONE_FILE = "DONE.json"
+WALL_FILE = "wall_s.json"  # in each checkpoint: the stage's training seconds up to it
 
 
 @dataclass
@@ -387,6 +388,30 @@ def _make_trainer_class() -> type:
 # ---------------------------------------------------------------- progress
 
 
+def _wall_clock_callback_class() -> type:
+    from transformers import TrainerCallback
+
+    class WallClock(TrainerCallback):
+        """Writes the stage's training seconds so far into each checkpoint, so that a resumed
+        stage's ``train_wall_s`` also counts the time spent before the checkpoint it resumed from."""
+
+        def __init__(self, before_s: float, is_main: bool) -> None:
+            self.before_s, self.is_main, self.t0 = before_s, is_main, time.perf_counter()
+
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if self.is_main and ckpt.is_dir():
+                write_json(ckpt / WALL_FILE, {"train_wall_s": self.before_s + time.perf_counter() - self.t0})
+
+    return WallClock
+
+
+def _wall_before(checkpoint: Path | None) -> float:
+    """Training seconds recorded in ``checkpoint`` (0 for none, or for one written before they were)."""
+    path = checkpoint / WALL_FILE if checkpoint else None
+    return float(read_json(path).get("train_wall_s", 0.0)) if path and path.is_file() else 0.0
+
+
 def _progress_callback_class() -> type:
     from transformers import TrainerCallback
 
@@ -635,12 +660,14 @@ def _train_stage(
         raise DataError(f"stage {stage.index}: no record fits max_length={args.max_length} tokens")
     tok = sess.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    before_s = _wall_before(checkpoint)
     trainer = _make_trainer_class()(
         model=sess.model,
         args=_training_arguments(args, sdir, sess.seed + stage.index, sess.use_cpu, sess.bf16, sess.world),
         train_dataset=data,
         data_collator=PadCollator(pad_id),
-        callbacks=[_progress_callback_class()(sess.progress, label), *sess.callbacks],
+        callbacks=[_progress_callback_class()(sess.progress, label),
+                   _wall_clock_callback_class()(before_s, sess.is_main), *sess.callbacks],
         loss=args.loss,
         optimizer_state=optimizer_state if args.optimizer_state == "keep" else None,
         teacher=sess.teacher,
@@ -659,7 +686,8 @@ def _train_stage(
     summary = {
         "stage": stage.index, "tau": stage.tau, "k": stage.k, "n_records": len(stage.records),
         "n_dropped": len(dropped), "steps": result.global_step, "train_loss": result.training_loss,
-        "train_wall_s": wall, "s_per_step": wall / max(1, steps_run), **teacher_stats,
+        "train_wall_s": before_s + wall, "wall_s_before_resume": before_s, "s_per_step": wall / max(1, steps_run),
+        **teacher_stats,
         "resumed_from": checkpoint.name if checkpoint else None, "log_history": trainer.state.log_history,
     }
     if sess.is_main:

@@ -153,13 +153,22 @@ def test_filling_the_disk_is_bounded():
 
 @pytest.mark.parametrize("runner", [submit, raw], ids=["checked", "raw"])
 def test_writing_outside_the_working_directory(runner, tmp_path):
+    """A private directory stays unwritten at every level with isolation; host /tmp only under bwrap.
+
+    With a uid change alone (the unshare level as root, seen on a GPU machine) world-writable
+    directories such as /tmp stay writable: file permissions are all that level has.
+    """
     _require(CAPS.filesystem_isolated or CAPS.uid_dropped, "no mount namespace and no uid change")
-    marker = tmp_path / "marker"
+    marker = tmp_path / "marker"  # under pytest's private (0700) base directory
     host_tmp = Path("/tmp") / f"promptintern-marker-{secrets.token_hex(4)}"
     res = runner(f"def add(a, b):\n    return a + b\nopen({str(host_tmp)!r}, 'w').write('x')\n"
                  f"open({str(marker)!r}, 'w').write('x')\n")
+    wrote_host_tmp = host_tmp.exists()
+    host_tmp.unlink(missing_ok=True)
     assert res.status == "failed"
-    assert not marker.exists() and not host_tmp.exists()
+    assert not marker.exists()
+    if CAPS.filesystem_isolated:
+        assert not wrote_host_tmp
 
 
 @pytest.mark.parametrize("runner", [submit, raw], ids=["checked", "raw"])
@@ -198,9 +207,17 @@ def test_tcp_connection_to_a_host_listener(runner):
 @pytest.mark.parametrize("runner", [submit, raw], ids=["checked", "raw"])
 @pytest.mark.parametrize("attack", ["os.kill(os.getppid(), 9)", "os.kill(-1, 9)", "os.killpg(os.getpgid(0), 9)"])
 def test_killing_the_parent(runner, attack):
+    """Nothing outside the sandbox dies. The code itself may go on: as pid 1 of its own pid
+    namespace (the unshare level) its signals to itself and to "parent" 0 are ignored."""
     _require(CAPS.pid_namespace or CAPS.uid_dropped, "same uid and pid space as the test process")
-    res = runner(f"import os\n{attack}\ndef add(a, b):\n    return a + b\n")
-    assert res.status == "failed"
+    bystander = subprocess.Popen(["sleep", "60"])  # a process of the test's uid, outside the sandbox
+    try:
+        res = runner(f"import os\n{attack}\ndef add(a, b):\n    return a + b\n")
+        assert res.status in ("failed", "passed"), res
+        assert bystander.poll() is None  # still running
+    finally:
+        bystander.kill()
+        bystander.wait()
     os.kill(os.getpid(), 0)  # this process is alive and scoring went on
 
 

@@ -14,7 +14,8 @@ The strongest level that works on this machine is probed once (see :func:`sandbo
     descendants die with the pid namespace.
 ``unshare``
     util-linux ``unshare``: network and pid namespaces (no network; every descendant dies with the
-    namespace) but the host file system, protected only by the unprivileged uid below.
+    namespace) but the host file system, protected only by the unprivileged uid below
+    (world-writable directories such as ``/tmp`` stay writable).
 ``process``
     a plain child process: rlimits, its own process group, the unprivileged uid where possible.
 
@@ -446,7 +447,7 @@ def _probe(python: str, level: str | None = None) -> tuple[_Plan, SandboxCapabil
     if plan.level != "bwrap":
         _LOG.warning(
             "sandbox level %r (stronger levels unavailable: %s): %sthe host file system is protected only by "
-            "file permissions", plan.level, "; ".join(tried) or f"{level!r} requested",
+            "file permissions (/tmp stays writable; install bubblewrap)", plan.level, "; ".join(tried) or f"{level!r} requested",
             "" if caps.network_isolated else "no network namespace, ",
         )
     if not caps.nproc_enforced:
