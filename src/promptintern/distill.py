@@ -82,9 +82,9 @@ def _output_head(model: Any) -> torch.nn.Module:
 def _head_rows(head: torch.nn.Module, keep: torch.Tensor) -> Iterator[None]:
     """While active, ``head`` sees only the rows ``hidden[keep]`` of its ``[B, T, H]`` input.
 
-    A hook rather than a boolean ``logits_to_keep``: transformers accepts such a mask only from
-    5.2x on (5.17 raises IndexError, seen on a GPU machine), remote-code models may never, and
-    the hook works on every causal LM whose head is called on the final hidden states.
+    A hook rather than a boolean ``logits_to_keep``: only recent transformers releases accept such
+    a mask (5.24 does; 5.17 raises IndexError, seen on a GPU image), remote-code models may never,
+    and the hook works on every causal LM whose head is called on the final hidden states.
     """
     def keep_rows(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         hidden, *rest = args

@@ -27,8 +27,8 @@ hardware and thread count the result is bitwise identical to an uninterrupted ru
 Choices (ours; the paper does not say):
 
 - Loss ``ce`` (default, the paper): cross-entropy on the answer tokens only. LM-head logits are computed at those
-  positions only (a pre-hook on the LM head keeps those rows; works on every transformers 5.x): with a 49k vocabulary the head over every
-  prompt position is a large, useless share of a step (about a fifth of SmolLM2-135M's step
+  positions only (a pre-hook on the LM head keeps those rows; any transformers 5.x): with a
+  49k vocabulary the head over every prompt position is a large, useless share of a step (about a fifth of SmolLM2-135M's step
   time on CPU, more as prompts grow). The sum is divided by the number of
   answer tokens in the whole accumulated (and, with several processes, global) batch, like
   transformers' own loss.
