@@ -15,15 +15,6 @@ def _find_data_dir() -> Path | None:
     return next((c for c in candidates if (c / "mbpp").is_dir() or (c / "nl2bash").is_dir()), None)
 
 
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    """The shared data directory; skips the test when it is absent."""
-    found = _find_data_dir()
-    if found is None:
-        pytest.skip("shared data not found (set PROMPTINTERN_DATA_DIR)")
-    return found
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _small_thread_budget() -> None:
     import torch
@@ -32,6 +23,7 @@ def _small_thread_budget() -> None:
 
 
 def _task_data(task: str, marker: str) -> Path:
+    """The shared data directory if it holds ``task/marker``; skips the test otherwise."""
     found = _find_data_dir()
     if found is None or not (found / task / marker).is_file():
         pytest.skip(f"{task}/{marker} not found in the shared data (set PROMPTINTERN_DATA_DIR)")

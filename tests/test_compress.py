@@ -223,13 +223,13 @@ TEXTS = st.lists(st.lists(WORDS, min_size=0, max_size=9).map(" ".join), min_size
 def test_selfinfo_rate_accounting_property(tiny_model, text, rate):
     _, tok = tiny_model
     res = selfinfo(tiny_model, None).compress_with_stats(text, rate)
-    if not any(u.kind == "word" for u in layout(text).units):
+    lay = layout(text)
+    if not any(u.kind == "word" for u in lay.units):
         # Blank, or markers and fences alone (found on a GPU machine: "\n\n```"): they are
         # kept only with a word of their line or block, so nothing is left, whatever the rate.
         assert res.text == ""
         return
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    lay = layout(text)
     costs, _ = unit_token_stats(lay, enc["offset_mapping"], [0.0] * len(enc["input_ids"]))
     # A word comes with the structure it needs (its line's marker, its block's fences and their
     # info strings); tiny texts land within one such bundle (+ its newline) of the target.

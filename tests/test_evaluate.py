@@ -207,14 +207,13 @@ def test_score_exact_and_pass_at_1_and_table():
 
 
 def test_evaluate_file_nl2bash(nl2bash_data_dir, tmp_path):
-    data_dir = nl2bash_data_dir
     from promptintern.tasks import get_task
 
-    test = get_task("nl2bash").load_split("test", data_dir)
+    test = get_task("nl2bash").load_split("test", nl2bash_data_dir)
     preds = tmp_path / "preds.jsonl"
     preds.write_text("".join(json.dumps({"id": i.id, "prediction": i.answer}) + "\n" for i in test[:20]))
     out = tmp_path / "eval"
-    metrics = evaluate_file("nl2bash", preds, data_dir, out, bootstrap=100)
+    metrics = evaluate_file("nl2bash", preds, nl2bash_data_dir, out, bootstrap=100)
     assert json.loads((out / "metrics.json").read_text())["metrics"] == metrics["metrics"]
     assert metrics["missing"] == len(test) - 20
     assert metrics["metrics"]["exact_match"] == pytest.approx(100 * 20 / len(test))
@@ -223,11 +222,11 @@ def test_evaluate_file_nl2bash(nl2bash_data_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": "nl2bash-999999", "prediction": "ls"}) + "\n")
     with pytest.raises(DataError, match="nl2bash-999999"):
-        evaluate_file("nl2bash", bad, data_dir, out)
+        evaluate_file("nl2bash", bad, nl2bash_data_dir, out)
     dup = tmp_path / "dup.jsonl"
     dup.write_text((json.dumps({"id": test[0].id, "prediction": "ls"}) + "\n") * 2)
     with pytest.raises(DataError, match="duplicate"):
-        evaluate_file("nl2bash", dup, data_dir, out)
+        evaluate_file("nl2bash", dup, nl2bash_data_dir, out)
 
 
 @pytest.mark.slow

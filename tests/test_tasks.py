@@ -62,9 +62,8 @@ def test_nl2bash_length_mismatch(tmp_path):
 
 
 def test_nl2bash_real_split(nl2bash_data_dir):
-    data_dir = nl2bash_data_dir
     task = get_task("nl2bash")
-    splits = {s: task.load_split(s, data_dir) for s in ("train", "validation", "test")}
+    splits = {s: task.load_split(s, nl2bash_data_dir) for s in ("train", "validation", "test")}
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [8000, 600, 600]
     queries = {s: {nl_key(i.query) for i in v} for s, v in splits.items()}
     assert not (queries["train"] & queries["validation"])
@@ -73,34 +72,33 @@ def test_nl2bash_real_split(nl2bash_data_dir):
     ids = [i.id for v in splits.values() for i in v]
     assert len(set(ids)) == len(ids) and all(i.startswith("nl2bash-") for i in ids)
 
-    again = get_task("nl2bash").load_split("test", data_dir)
+    again = get_task("nl2bash").load_split("test", nl2bash_data_dir)
     assert [i.id for i in again] == [i.id for i in splits["test"]]
-    other = get_task("nl2bash", seed=1).load_split("test", data_dir)
+    other = get_task("nl2bash", seed=1).load_split("test", nl2bash_data_dir)
     assert [i.id for i in other] != [i.id for i in splits["test"]]
     # test/validation do not move when only train_size changes; train takes what remains
     big = get_task("nl2bash", train_size=10**6)
-    assert [i.id for i in big.load_split("test", data_dir)] == [i.id for i in splits["test"]]
-    assert len(big.load_split("train", data_dir)) > 8000
+    assert [i.id for i in big.load_split("test", nl2bash_data_dir)] == [i.id for i in splits["test"]]
+    assert len(big.load_split("train", nl2bash_data_dir)) > 8000
 
 
 # --- MBPP ------------------------------------------------------------------------------------
 
 
 def test_mbpp_splits_and_queries(mbpp_data_dir):
-    data_dir = mbpp_data_dir
     task = get_task("mbpp")
-    ids = {s: [int(i.id) for i in task.load_split(s, data_dir)] for s in ("train", "validation", "test", "prompt")}
+    ids = {s: [int(i.id) for i in task.load_split(s, mbpp_data_dir)] for s in ("train", "validation", "test", "prompt")}
     assert ids["train"] == list(range(601, 975))
     assert ids["validation"] == list(range(511, 601))
     assert ids["test"] == list(range(11, 511))
     assert ids["prompt"] == list(range(1, 11))
-    inst = task.load_split("prompt", data_dir)[1]
+    inst = task.load_split("prompt", mbpp_data_dir)[1]
     assert inst.query.splitlines()[1] == "Your code should pass these tests:"
     assert all(t in inst.query for t in inst.meta["test_list"])
     assert "\r" not in inst.answer and inst.answer == inst.answer.strip()
     assert set(inst.meta) >= {"task_id", "test_list", "test_setup_code", "challenge_test_list"}
     with pytest.raises(DataError, match="unknown split"):
-        task.load_split("dev", data_dir)
+        task.load_split("dev", mbpp_data_dir)
 
 
 def test_missing_data_dir_is_one_line(tmp_path, monkeypatch):
