@@ -14,15 +14,14 @@ from typing import Any
 
 import yaml
 
+from .args import KL_FIELDS, EvalArgs, InferArgs, LoraArgs, TrainArgs
 from .compress import CompressConfig
 from .configtools import apply_overrides, from_dict, load_yaml, to_dict
 from .errors import ConfigError
-from .inference import InferArgs
 from .methods import METHOD_NAMES
 from .retrieve import RetrieveConfig
 from .schedule import Schedule
 from .stages import STAGE_MODES
-from .trainer import KL_FIELDS, LoraArgs, TrainArgs
 
 BASELINES = ("base-full", "base-query")
 
@@ -41,15 +40,6 @@ class DataArgs:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"data.{name} must be >= 1 or null, got {v}")
-
-
-@dataclass
-class EvalArgs:
-    """How predictions are scored."""
-
-    workers: int | None = field(default=None, metadata={"help": "Parallel sandboxes for MBPP (default: CPU count)."})
-    timeout_s: float = field(default=10.0, metadata={"help": "Wall-clock limit per MBPP program, seconds."})
-    bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for 95% confidence intervals."})
 
 
 @dataclass

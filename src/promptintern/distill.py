@@ -46,12 +46,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .args import KL_LOSSES, SELF_TEACHER, teacher_kind
 from .errors import ConfigError, DataError, ModelError
 from .io import atomic_path
 from .prompt import IGNORE_INDEX
 
-KL_LOSSES = ("kl", "ce+kl")
-SELF_TEACHER = "self"
 CACHE_DIR = "teacher-cache"
 _TOPK_CHUNK = 1024  # answer positions reduced to top-k at a time (bounds the temporary [chunk, V] copies)
 
@@ -194,18 +193,6 @@ def _hash_files(h: Any, files: Sequence[Path]) -> None:
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
-
-
-def teacher_kind(teacher: str) -> str:
-    """``self``, ``adapter`` (a PEFT adapter directory) or ``model`` (a merged HF model directory)."""
-    if teacher == SELF_TEACHER:
-        return "self"
-    path = Path(teacher).expanduser()
-    if (path / "adapter_config.json").is_file():
-        return "adapter"
-    if (path / "config.json").is_file():
-        return "model"
-    raise ConfigError(f"train.teacher: {teacher!r} is not 'self', a PEFT adapter directory or a model directory")
 
 
 def teacher_fingerprint(teacher: str, model_name: str) -> str:

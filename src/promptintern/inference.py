@@ -41,7 +41,8 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError, DataError, ModelError
+from .args import InferArgs  # noqa: F401  (re-exported: it lived here before args.py)
+from .errors import DataError, ModelError
 from .io import iter_jsonl, write_jsonl
 from .progress import progress_bar
 from .prompt import chat_prompt_text
@@ -50,25 +51,6 @@ END_OF_TURN = "<|im_end|>"
 ROW_FIELDS = ("id", "prediction", "input_tokens", "output_tokens", "latency_s")
 
 Messages = list[dict[str, str]]
-
-
-@dataclass
-class InferArgs:
-    """How test queries are answered."""
-
-    max_new_tokens: int = field(default=128, metadata={"help": "Most tokens generated per query (the end-of-turn token stops earlier)."})
-    batch_size: int = field(default=8, metadata={"help": "Queries per generate call (left-padded); latency per query is the batch's wall time."})
-    prefix_cache: bool = field(default=False, metadata={"help": "Run the prompts' common token prefix once and serve each query at batch size 1 from its KV cache."})
-    num_threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (null = torch's default)."})
-    progress: bool = field(default=True, metadata={"help": "Show a progress bar with queries/s."})
-
-    def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"infer.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.batch_size < 1:
-            raise ConfigError(f"infer.batch_size must be >= 1, got {self.batch_size}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ConfigError(f"infer.num_threads must be >= 1 or null, got {self.num_threads}")
 
 
 @dataclass

@@ -53,24 +53,32 @@ Choices (ours; the paper does not say):
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .args import (  # noqa: F401  (re-exported: the argument classes lived here before args.py)
+    KL_FIELDS,
+    KL_LOSSES,
+    LOSSES,
+    OPTIMIZER_STATES,
+    PER_STAGE_FIELDS,
+    SELF_TEACHER,
+    LoraArgs,
+    TrainArgs,
+    volatile_fields,
+)
 from .distill import (
     CACHE_DIR,
-    KL_LOSSES,
-    SELF_TEACHER,
     Teacher,
     TeacherCache,
     answer_logits,
@@ -86,165 +94,10 @@ from .stages import Stage, StageRecord, record_row
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZER_STATES = ("reset", "keep")
-LOSSES = ("ce", *KL_LOSSES)
-# TrainArgs fields that only matter to the KL losses (left out of fingerprints of ``ce`` runs,
-# so runs made before they existed still resume).
-KL_FIELDS = ("kl_weight", "kl_temperature", "kl_topk", "teacher", "teacher_cache")
 # TrainArgs fields that may change between a run and its resume: they do not change the weights.
-VOLATILE_FIELDS = frozenset(
-    {"report_to", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints",
-     "dataloader_num_workers", "num_threads"}
-)
-# TrainArgs fields that ``stage_overrides`` may set for a single stage.
-PER_STAGE_FIELDS = frozenset(
-    {"epochs_per_stage", "max_steps_per_stage", "learning_rate", "lr_scheduler", "warmup_ratio",
-     "weight_decay", "max_grad_norm", "per_device_batch_size", "gradient_accumulation_steps",
-     "max_length", "optimizer_state", "save_steps"}
-)
+VOLATILE_FIELDS = volatile_fields(TrainArgs)
 DONE_FILE = "DONE.json"
 WALL_FILE = "wall_s.json"  # in each checkpoint: the stage's training seconds up to it
-
-
-@dataclass
-class LoraArgs:
-    """The LoRA adapter (one adapter for all stages)."""
-
-    r: int = field(default=16, metadata={"help": "LoRA rank."})
-    alpha: int = field(default=32, metadata={"help": "LoRA alpha; the update is scaled by alpha / r."})
-    dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input during training."})
-    target_modules: str = field(
-        default="all-linear",
-        metadata={"help": "'all-linear' (every linear layer except the LM head, peft's shortcut) or "
-                          "comma-separated module names, e.g. 'q_proj,v_proj'."},
-    )
-
-    def validate(self) -> None:
-        if self.r < 1:
-            raise ConfigError(f"lora.r must be >= 1, got {self.r}")
-        if self.alpha <= 0:
-            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
-        if not self.target_modules.strip():
-            raise ConfigError("lora.target_modules is empty; use 'all-linear' or module names")
-
-    def to_peft(self) -> Any:
-        from peft import LoraConfig
-
-        targets = self.target_modules.strip()
-        modules: str | list[str] = (
-            targets if targets == "all-linear" else [m.strip() for m in targets.split(",") if m.strip()]
-        )
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=modules, bias="none", task_type="CAUSAL_LM")
-
-
-@dataclass
-class TrainArgs:
-    """Optimisation of every stage (``stage_overrides`` changes single stages)."""
-
-    epochs_per_stage: float = field(default=1.0, metadata={"help": "Passes over the stage's records per stage (fractions allowed)."})
-    max_steps_per_stage: int | None = field(default=None, metadata={"help": "Optimizer steps per stage; overrides epochs_per_stage when set."})
-    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of AdamW."})
-    lr_scheduler: str = field(default="linear", metadata={"help": "transformers LR schedule (linear, cosine, constant, constant_with_warmup, ...); restarts each stage."})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of each stage's steps spent warming the LR up from 0, in [0, 1)."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 = off)."})
-    optim: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name."})
-    per_device_batch_size: int = field(default=8, metadata={"help": "Records per forward pass and process."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Forward passes per optimizer step."})
-    max_length: int = field(default=2048, metadata={"help": "Longest prompt + answer in tokens; longer records are dropped (with a warning), never truncated."})
-    seed: int = field(default=0, metadata={"help": "Seed of LoRA init, dropout and data order (stage i uses seed + i)."})
-    optimizer_state: str = field(default="reset", metadata={"help": "'reset': fresh AdamW each stage; 'keep': carry AdamW moments and step counts into the next stage.", "choices": OPTIMIZER_STATES})
-    loss: str = field(default="ce", metadata={"help": "Stage loss: 'ce' = cross-entropy on the gold answer tokens (the paper); 'kl' = T²·KL(teacher ‖ student) on the answer tokens, the teacher seeing the stage-0 prompt; 'ce+kl' = (1 − kl_weight)·ce + kl_weight·kl.", "choices": LOSSES})
-    kl_weight: float = field(default=0.5, metadata={"help": "λ in (0, 1): weight of the KL term in 'ce+kl', total = (1 − λ)·ce + λ·T²·kl."})
-    kl_temperature: float = field(default=1.0, metadata={"help": "T > 0: both distributions are softened by T; the KL is scaled by T² to keep gradient sizes."})
-    kl_topk: int = field(default=64, metadata={"help": "Teacher logits kept per answer token; the KL runs over these tokens plus one bucket for the rest of the vocabulary (a lower bound of the full KL, exact when k >= vocabulary)."})
-    teacher: str = field(default=SELF_TEACHER, metadata={"help": "KL teacher: 'self' = the model being trained (current adapter, no dropout, no gradient) with the stage-0 prompt; or a frozen PEFT adapter directory on the same base model (e.g. a full-prompt run's run_dir/adapter) or a merged model directory. With 'self', stage 0 (same prompt, same weights) gets no KL gradient: 'kl' learns nothing there, 'ce+kl' is (1 − λ)·ce there."})
-    teacher_cache: bool = field(default=False, metadata={"help": "Cache a frozen teacher's top-k targets per instance in run_dir/train/teacher-cache/, so later stages skip its forward pass (not with teacher 'self': its weights change)."})
-    save_steps: int = field(default=200, metadata={"help": "Checkpoint period inside a stage, in optimizer steps (resume point after a crash)."})
-    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept per stage (older ones are deleted)."})
-    keep_checkpoints: bool = field(default=False, metadata={"help": "Keep a stage's checkpoints after it is done (they are only needed to resume inside it)."})
-    logging_steps: int = field(default=10, metadata={"help": "Log loss / LR / grad-norm every N optimizer steps."})
-    report_to: str = field(default="none", metadata={"help": "Experiment trackers, comma-separated (none, tensorboard, wandb, trackio, ...)."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (0 = load in the main process)."})
-    num_threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (null = torch's default)."})
-    use_cpu: bool = field(default=False, metadata={"help": "Train on the CPU even when a GPU is available."})
-    full_determinism: bool = field(default=False, metadata={"help": "Deterministic algorithms everywhere (slower on GPU); CPU training is deterministic without it."})
-    stage_overrides: dict[int, dict[str, Any]] = field(
-        default_factory=dict,
-        metadata={"help": "Per-stage changes: {stage index: {field: value}}, e.g. {0: {learning_rate: 1e-4}}. "
-                          f"Allowed fields: {', '.join(sorted(PER_STAGE_FIELDS))}."},
-    )
-
-    def validate(self) -> None:
-        positive = ("per_device_batch_size", "gradient_accumulation_steps", "max_length", "save_steps",
-                    "save_total_limit", "logging_steps")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps_per_stage is not None and self.max_steps_per_stage < 1:
-            raise ConfigError(f"train.max_steps_per_stage must be >= 1 or null, got {self.max_steps_per_stage}")
-        if self.epochs_per_stage <= 0:
-            raise ConfigError(f"train.epochs_per_stage must be > 0, got {self.epochs_per_stage}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.optimizer_state not in OPTIMIZER_STATES:
-            raise ConfigError(f"train.optimizer_state: {self.optimizer_state!r} is not one of {', '.join(OPTIMIZER_STATES)}")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"train.loss: {self.loss!r} is not one of {', '.join(LOSSES)}")
-        if self.loss in KL_LOSSES:
-            self._validate_kl()
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ConfigError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
-        if self.dataloader_num_workers < 0:
-            raise ConfigError(f"train.dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}")
-        from transformers.trainer_utils import SchedulerType
-
-        if self.lr_scheduler not in {s.value for s in SchedulerType}:
-            raise ConfigError(f"train.lr_scheduler: unknown schedule {self.lr_scheduler!r}")
-        for index, changes in self.stage_overrides.items():
-            bad = sorted(set(changes) - PER_STAGE_FIELDS)
-            if bad:
-                raise ConfigError(f"train.stage_overrides.{index}: {bad[0]!r} cannot change per stage; "
-                                  f"allowed: {', '.join(sorted(PER_STAGE_FIELDS))}")
-            self.for_stage(index)  # type-checks and validates the overridden values
-
-    def _validate_kl(self) -> None:
-        if self.loss == "ce+kl" and not 0.0 < self.kl_weight < 1.0:
-            raise ConfigError(f"train.kl_weight must be in (0, 1) for loss 'ce+kl', got {self.kl_weight}")
-        if not self.kl_temperature > 0:
-            raise ConfigError(f"train.kl_temperature must be > 0, got {self.kl_temperature}")
-        if self.kl_topk < 1:
-            raise ConfigError(f"train.kl_topk must be >= 1, got {self.kl_topk}")
-        if self.teacher == SELF_TEACHER:
-            if self.teacher_cache:
-                raise ConfigError("train.teacher_cache needs a frozen teacher; teacher 'self' changes as it trains")
-        elif not Path(self.teacher).expanduser().is_dir():
-            raise ConfigError(f"train.teacher: {self.teacher!r} is neither 'self' nor an existing directory")
-        else:
-            from .distill import teacher_kind
-
-            teacher_kind(self.teacher)  # an adapter or a model directory
-
-    def uses_teacher(self) -> bool:
-        return self.loss in KL_LOSSES
-
-    def for_stage(self, index: int) -> TrainArgs:
-        """These arguments with stage ``index``'s overrides applied (type-checked and validated)."""
-        changes = self.stage_overrides.get(index)
-        if not changes:
-            return self
-        from .configtools import from_dict
-
-        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return from_dict(TrainArgs, {**base, "stage_overrides": {}, **changes}, where=f"train.stage_overrides.{index}")
-
-    def report_targets(self) -> list[str]:
-        return [t.strip() for t in self.report_to.split(",") if t.strip()] or ["none"]
 
 
 # ---------------------------------------------------------------- data
