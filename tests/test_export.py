@@ -17,6 +17,7 @@ from promptintern.models import load_model, resolve_model_path
 from promptintern.trainer import LoraArgs, train_stages
 
 sys.path.insert(0, str(Path(__file__).parent))
+from pipeline_fixtures import tiny_run_config, write_config  # noqa: E402
 from train_fixtures import toy_args, toy_stages  # noqa: E402
 
 
@@ -93,3 +94,79 @@ def test_export_refuses_to_overwrite_or_to_export_nothing(trained, tmp_path):
         export(tmp_path / "empty-run", tmp_path / "out")
     with pytest.raises(RunDirError, match="other than the run directory"):
         export(run_dir, run_dir / "adapter", force=True)
+
+
+# ---------------------------------------------------------------- the served prompt travels with the model
+
+RAW_QUERIES = ["How many employees are there?", 'names with "quotes", {{ braces }} and ünïcode\nover two lines']
+
+
+@pytest.fixture(scope="module")
+def sql_run(tmp_path_factory):
+    """A tiny promptintern run of the SQL example task (served with the query alone)."""
+    from promptintern.config import load_config
+    from promptintern.pipeline import train
+
+    tmp = tmp_path_factory.mktemp("sql")
+    cfg = tiny_run_config(tmp / "run", train={"max_steps_per_stage": 1, "per_device_batch_size": 2, "use_cpu": True})
+    train(load_config(str(write_config(tmp / "c.yaml", cfg))))
+    return tmp / "run"
+
+
+def _infer_ids(run_dir, queries):
+    """The token ids ``promptintern infer`` feeds the model for ``queries`` (its own code path)."""
+    from promptintern.config import load_config
+    from promptintern.inference import encode_prompts
+    from promptintern.models import load_tokenizer
+    from promptintern.pipeline import prepare, serving_messages
+    from promptintern.tasks.base import Instance
+
+    cfg = load_config(str(run_dir / "config.yaml"))
+    prep = prepare(cfg, run_dir)
+    insts = [Instance(id=str(i), query=q, answer="") for i, q in enumerate(queries)]
+    items = serving_messages(prep, insts, prep.plan.serve_tau, prep.plan.serve_k)
+    return encode_prompts(load_tokenizer(cfg.model), [m for _, m in items])
+
+
+@pytest.mark.parametrize("merge", [False, True], ids=["adapter", "merged"])
+def test_export_chat_template_renders_the_served_prompt(sql_run, tmp_path, merge):
+    out = export(sql_run, tmp_path / "out", merge=merge)
+    tok = AutoTokenizer.from_pretrained(str(out))
+    served = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                      tokenize=True, return_dict=True)["input_ids"] for q in RAW_QUERIES]
+    assert served == _infer_ids(sql_run, RAW_QUERIES)
+    text = tok.apply_chat_template([{"role": "user", "content": "Q?"}], add_generation_prompt=True, tokenize=False)
+    assert "You are a helpful assistant who writes SQL." in text and "Question: Q?" in text
+    card = (out / "README.md").read_text()
+    assert "## Prompt format" in card and "Question: {query}" in card and "send the raw query" in card
+
+
+def test_wrapping_keeps_a_client_system_message_and_other_turns(sql_run):
+    from promptintern.exporter import served_prompt, wrapping_chat_template
+    from promptintern.models import load_tokenizer
+
+    served = served_prompt(sql_run)
+    base = load_tokenizer("tiny-random")
+    expected = base.apply_chat_template(
+        [{"role": "system", "content": "mine"}, {"role": "user", "content": "Question: a"},
+         {"role": "assistant", "content": "SELECT 1"}, {"role": "user", "content": "Question: b"}],
+        add_generation_prompt=True, tokenize=False)
+    base.chat_template = wrapping_chat_template(base.chat_template, served)
+    got = base.apply_chat_template(
+        [{"role": "system", "content": "mine"}, {"role": "user", "content": "a"},
+         {"role": "assistant", "content": "SELECT 1"}, {"role": "user", "content": "b"}],
+        add_generation_prompt=True, tokenize=False)
+    assert got == expected
+
+
+def test_methods_served_with_examples_keep_the_base_template(tmp_path):
+    from promptintern.exporter import apply_served_prompt, served_prompt
+    from promptintern.models import load_tokenizer
+
+    write_config(tmp_path / "config.yaml", tiny_run_config(tmp_path, method="full-prompt"))
+    served = served_prompt(tmp_path)
+    assert (served.method, served.k, served.wrappable) == ("full-prompt", 1, False)
+    tok = load_tokenizer("tiny-random")
+    before = tok.chat_template
+    apply_served_prompt(tok, served)
+    assert tok.chat_template == before

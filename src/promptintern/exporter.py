@@ -8,7 +8,20 @@
   and any server that serves the base serves it, with no LoRA support needed.
 
 Both get a README.md model card (base model, schedule, hyperparameters, metrics when
-``run_dir/metrics.json`` exists). The output directory is written beside ``out`` and renamed
+``run_dir/metrics.json`` exists).
+
+The query wrapping travels with the model. A method served with a fixed prompt around the
+query (system message, the template at the method's serving rate τ, ``query_format``; no
+retrieved examples) gets a chat template that applies it: a plain
+``[{"role": "user", "content": query}]`` then renders the same text (and token ids) as
+``promptintern infer`` gives the model, so any OpenAI-compatible server that uses the
+tokenizer's chat template answers raw queries as trained. The wrapper is a Jinja prelude that
+rewrites ``messages`` (system message added when the client sends none, each user turn
+wrapped) before the base template's own body, so the base's turn markup is kept as is; the
+export checks the rendering on a probe query and refuses a base template it cannot wrap.
+Methods served with retrieved examples (k > 0) cannot be wrapped by a template (the examples
+depend on the query): their export keeps the base chat template and the card says to send
+the full prompt. The output directory is written beside ``out`` and renamed
 into place, so a crash never leaves a half-exported model.
 
 ``base_model_name_or_path`` (our choice): for an alias (``smollm2-135m``, ``tiny-random``) it
@@ -24,13 +37,99 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import RunDirError
+from .errors import ModelError, RunDirError
 from .io import atomic_dir, read_json, write_json, write_text
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+QUERY_SLOT = "\u241eQUERY\u241e"  # stands for the query while the served prompt is cut around it
+PROBE_QUERY = 'list "all" files {{ x }} in ~/über\n{% raw %}'  # quotes, Jinja syntax, non-ASCII, newline
+SAFE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;!?()-_/'")
+
+
+@dataclass(frozen=True)
+class ServedPrompt:
+    """How a run's method is served: the system message and the user turn cut at the query.
+
+    ``wrappable`` is False for methods served with retrieved examples (k > 0).
+    """
+
+    method: str
+    tau: float
+    k: int
+    system: str
+    user_parts: tuple[str, ...]
+
+    @property
+    def wrappable(self) -> bool:
+        return self.k == 0
+
+    def messages(self, query: str) -> list[dict[str, str]]:
+        """The chat messages ``promptintern infer`` builds for ``query`` (when wrappable)."""
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        return [*msgs, {"role": "user", "content": query.join(self.user_parts)}]
+
+
+def served_prompt(run_dir: Path) -> ServedPrompt | None:
+    """The run's serving prompt, built by the same functions as ``infer``; None without a config."""
+    from .config import load_config
+    from .methods import plan
+    from .pipeline import Templates
+    from .prompt import to_messages
+    from .stages import build_prompt
+    from .tasks import get_task
+
+    config_path = Path(run_dir) / "config.yaml"
+    if not config_path.is_file():
+        return None
+    cfg = load_config(str(config_path))
+    task = get_task(cfg.task, **cfg.task_options)
+    p = plan(cfg.method, cfg.schedule, cfg.compressed_tau)
+    template = Templates(task, cfg).at(p.serve_tau) if p.serve_k == 0 else None
+    if template is None:
+        return ServedPrompt(p.name, p.serve_tau, p.serve_k, task.format.system, ())
+    msgs = to_messages(build_prompt(task, QUERY_SLOT, template, [], 0), task.format)
+    system = msgs[0]["content"] if msgs[0]["role"] == "system" else ""
+    return ServedPrompt(p.name, p.serve_tau, p.serve_k, system, tuple(msgs[-1]["content"].split(QUERY_SLOT)))
+
+
+def _jinja_string(text: str) -> str:
+    """``text`` as a Jinja string literal (everything but plain characters escaped as code points)."""
+    return '"' + "".join(c if c in SAFE_CHARS else f"\\U{ord(c):08x}" for c in text) + '"'
+
+
+def wrapping_chat_template(base_template: str, served: ServedPrompt) -> str:
+    """``base_template`` preceded by a prelude that turns raw user turns into the served prompt.
+
+    The prelude adds the system message when the conversation has none and wraps each user
+    turn's content; an explicit system message from the client is kept.
+    """
+    content = " ~ m['content'] ~ ".join(_jinja_string(part) for part in served.user_parts)
+    head = ("{% set ns = namespace(msgs=[]) %}"
+            "{% if messages and messages[0]['role'] == 'system' %}{% set ns.msgs = [] %}")
+    if served.system:
+        head += "{% else %}{% set ns.msgs = [{'role': 'system', 'content': " + _jinja_string(served.system) + "}] %}"
+    head += ("{% endif %}{% for m in messages %}{% if m['role'] == 'user' %}"
+             "{% set ns.msgs = ns.msgs + [{'role': 'user', 'content': " + content + "}] %}"
+             "{% else %}{% set ns.msgs = ns.msgs + [m] %}{% endif %}{% endfor %}"
+             "{% set messages = ns.msgs %}")
+    return head + base_template
+
+
+def apply_served_prompt(tokenizer: Any, served: ServedPrompt | None) -> None:
+    """Give ``tokenizer`` the wrapping chat template (when the method allows it), checked on a probe."""
+    from .prompt import chat_prompt_text
+
+    if served is None or not served.wrappable:
+        return
+    expected = chat_prompt_text(tokenizer, served.messages(PROBE_QUERY))
+    tokenizer.chat_template = wrapping_chat_template(tokenizer.chat_template, served)
+    if chat_prompt_text(tokenizer, [{"role": "user", "content": PROBE_QUERY}]) != expected:
+        raise ModelError("the base model's chat template cannot carry the served prompt; export without it "
+                         "is not supported for this model")
 
 
 def base_reference(model_name: str) -> str:
@@ -63,30 +162,34 @@ def export(
     record = read_json(config_path)
     model_name = record["model"]
     base = base_reference(model_name)
+    served = served_prompt(run_dir)
     with atomic_dir(out) as tmp:
         if merge:
-            _write_merged(model_name, adapter, tmp)
+            _write_merged(model_name, adapter, tmp, served)
         else:
-            _write_adapter(model_name, adapter, base, tmp)
+            _write_adapter(model_name, adapter, base, tmp, served)
         metrics_path = run_dir / "metrics.json"
         metrics = read_json(metrics_path) if metrics_path.is_file() else None
         history_path = run_dir / "train" / "history.json"
         history = read_json(history_path) if history_path.is_file() else None
-        write_text(tmp / "README.md", model_card_text(record, base, merge, history, metrics, model_card or {}))
+        write_text(tmp / "README.md",
+                   model_card_text(record, base, merge, history, metrics, model_card or {}, served))
     return out
 
 
-def _write_adapter(model_name: str, adapter: Path, base: str, dest: Path) -> None:
+def _write_adapter(model_name: str, adapter: Path, base: str, dest: Path, served: ServedPrompt | None) -> None:
     from .models import load_tokenizer
 
     shutil.copy2(adapter / "adapter_model.safetensors", dest / "adapter_model.safetensors")
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base
     write_json(dest / "adapter_config.json", config)
-    load_tokenizer(model_name).save_pretrained(str(dest))
+    tokenizer = load_tokenizer(model_name)
+    apply_served_prompt(tokenizer, served)
+    tokenizer.save_pretrained(str(dest))
 
 
-def _write_merged(model_name: str, adapter: Path, dest: Path) -> None:
+def _write_merged(model_name: str, adapter: Path, dest: Path, served: ServedPrompt | None) -> None:
     import torch
     from peft import PeftModel
 
@@ -98,6 +201,7 @@ def _write_merged(model_name: str, adapter: Path, dest: Path) -> None:
     if gen is not None and gen.eos_token_id is None and tokenizer.eos_token_id is not None:
         gen.eos_token_id = tokenizer.eos_token_id  # so generation stops at the end of the turn
     merged.save_pretrained(str(dest))
+    apply_served_prompt(tokenizer, served)
     tokenizer.save_pretrained(str(dest))
 
 
@@ -131,9 +235,30 @@ def _metrics_section(metrics: dict[str, Any]) -> str:
     return "## Evaluation\n\n" + head + _table(["system", *columns], rows) + "\n"
 
 
+def _serving_section(served: ServedPrompt | None) -> str:
+    """What a client sends: the raw query (wrapped by the chat template) or the full prompt."""
+    head = "## Prompt format\n\n"
+    if served is None:
+        return head + ("The run directory records no config, so the served prompt is unknown: the chat template "
+                       "is the base model's; send the prompt the model was trained on.\n")
+    if not served.wrappable:
+        return head + (f"Method `{served.method}` is served with the template at τ={served.tau:g} and "
+                       f"{served.k} retrieved examples per query, which a chat template cannot add: the chat "
+                       "template is the base model's; send the full prompt (as `promptintern infer` renders it) "
+                       "as the user message.\n")
+    wrapped = served.messages("{query}")
+    system = (f"the system message `{wrapped[0]['content']}` when the request has none (a request's own "
+              "system message is kept), and ") if served.system else ""
+    return head + (f"Method `{served.method}` is served with the query alone (template at τ={served.tau:g}, no "
+                   "examples). The tokenizer's chat template carries that wrapping: send the raw query as the "
+                   f"user message, `[{{\"role\": \"user\", \"content\": query}}]`; the template adds {system}"
+                   "wraps each user turn as below, so the rendered prompt (token for token) is the one "
+                   "`promptintern infer` serves.\n\n```text\n" + wrapped[-1]["content"] + "\n```\n")
+
+
 def model_card_text(
     record: dict[str, Any], base: str, merged: bool, history: dict[str, Any] | None,
-    metrics: dict[str, Any] | None, extra: dict[str, Any],
+    metrics: dict[str, Any] | None, extra: dict[str, Any], served: ServedPrompt | None = None,
 ) -> str:
     """The README.md of an export: what it is, how it was trained, how it scores, how to load it."""
     kind = "merged model" if merged else "LoRA adapter"
@@ -177,6 +302,7 @@ def model_card_text(
                  f"base = AutoModelForCausalLM.from_pretrained({base!r})\n"
                  "model = PeftModel.from_pretrained(base, PATH)\n"
                  "tokenizer = AutoTokenizer.from_pretrained(PATH)")
-    parts.append("## Usage\n\nPrompt with the query alone (no template, no examples), through the "
-                 "tokenizer's chat template.\n\n```python\n" + usage + "\n```\n")
+    parts.append(_serving_section(served))
+    parts.append("## Usage\n\nPrompt through the tokenizer's chat template (see *Prompt format*).\n\n"
+                 "```python\n" + usage + "\n```\n")
     return "\n".join(parts)
