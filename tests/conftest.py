@@ -43,6 +43,12 @@ def nl2bash_data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def geoquery_data_dir() -> Path:
+    """A data directory holding geoquery/geography.json (and its SQLite file); skips the test otherwise."""
+    return _task_data("geoquery", "geography.json")
+
+
+@pytest.fixture(scope="session")
 def tiny_model():
     """The tiny random llama with the real SmolLM2 tokenizer (cached after first build).
 

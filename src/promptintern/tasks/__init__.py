@@ -1,4 +1,4 @@
-"""Tasks: the built-in NL2Bash and MBPP, and user tasks from a YAML spec.
+"""Tasks: the built-in NL2Bash, MBPP and GeoQuery, and user tasks from a YAML spec.
 
 >>> task = get_task("nl2bash", seed=1)            # doctest: +SKIP
 >>> train = task.load_split("train", "data/")     # doctest: +SKIP
@@ -14,11 +14,12 @@ from typing import Any
 from ..errors import ConfigError
 from .base import SPLITS, Instance, Task, resolve_data_dir
 from .custom import CustomTask, TaskSpec
+from .geoquery import GeoQueryTask
 from .mbpp import MBPPTask
 from .nl2bash import NL2BashTask
 
-TASK_NAMES = ("nl2bash", "mbpp")
-_BUILTIN: dict[str, type[Task]] = {"nl2bash": NL2BashTask, "mbpp": MBPPTask}
+TASK_NAMES = ("nl2bash", "mbpp", "geoquery")
+_BUILTIN: dict[str, type[Task]] = {"nl2bash": NL2BashTask, "mbpp": MBPPTask, "geoquery": GeoQueryTask}
 SPEC_SUFFIXES = (".yaml", ".yml")
 
 
@@ -48,6 +49,7 @@ __all__ = [
     "SPLITS",
     "TASK_NAMES",
     "CustomTask",
+    "GeoQueryTask",
     "Instance",
     "MBPPTask",
     "NL2BashTask",

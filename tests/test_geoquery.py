@@ -1,0 +1,100 @@
+"""GeoQuery: both splits, filled-in variables, the schema template, and the task's data errors."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from importlib import resources
+
+import pytest
+
+from promptintern.errors import ConfigError, DataError
+from promptintern.tasks import get_task
+from promptintern.tasks.geoquery import DB_FILE, TABLES, build_instances, fill_variables, render_documentation
+
+
+def _sizes(task, root) -> dict[str, int]:
+    return {s: len(task.load_split(s, root)) for s in ("train", "validation", "test")}
+
+
+def test_both_splits_have_the_standard_sizes(geoquery_data_dir):
+    assert _sizes(get_task("geoquery"), geoquery_data_dir) == {"train": 549, "validation": 49, "test": 279}
+    query = get_task("geoquery", split="query")
+    assert _sizes(query, geoquery_data_dir) == {"train": 536, "validation": 159, "test": 182}
+    train_sql = {i.answer for i in query.load_split("train", geoquery_data_dir)}
+    entries = json.loads((geoquery_data_dir / "geoquery" / "geography.json").read_text())
+    test_entries = {i.id.split("-")[1] for i in query.load_split("test", geoquery_data_dir)}
+    train_entries = {i.id.split("-")[1] for i in query.load_split("train", geoquery_data_dir)}
+    assert not test_entries & train_entries  # query split: no test SQL in training
+    assert all(entries[int(e)]["query-split"] == "test" for e in test_entries)
+    assert len(train_sql) > 100
+
+
+def test_variables_filled_in_query_and_answer(geoquery_data_dir):
+    test = get_task("geoquery").load_split("test", geoquery_data_dir)
+    by_id = {i.id: i for i in test}
+    first = by_id["geoquery-0-3"]  # "what is the biggest city in state_name0", state_name0 = kansas
+    assert first.query == "what is the biggest city in kansas"
+    assert first.answer.count('"kansas"') == 2 and "state_name0" not in first.answer
+    assert first.answer.startswith("SELECT CITYalias0.CITY_NAME FROM CITY AS CITYalias0") and first.answer.endswith(" ;")
+    assert first.meta["database"].endswith("geography.sqlite")
+    assert not any("_name0" in i.query or "_name0" in i.answer for i in test)
+
+
+def test_fill_variables_whole_words_longest_first():
+    values = {"state_name0": "ohio", "state_name1": "utah", "state_name10": "iowa"}
+    assert fill_variables('x = "state_name10" , "state_name1" STATE_NAME state_name0s', values) == \
+        'x = "iowa" , "utah" STATE_NAME state_name0s'
+
+
+def test_build_instances_uses_entry_defaults_and_rejects_bad_split(tmp_path):
+    entry = {"query-split": "dev", "sql": ['SELECT 1 WHERE "a" = "city_name0" ;'],
+             "variables": [{"name": "city_name0", "example": "austin"}],
+             "sentences": [{"text": "is city_name0 big", "variables": {}, "question-split": "train"}]}
+    q = build_instances([entry], "query", tmp_path / "db.sqlite")
+    assert [i.query for i in q["validation"]] == ["is austin big"] and not q["train"]
+    assert build_instances([entry], "question", tmp_path)["train"][0].answer == 'SELECT 1 WHERE "a" = "austin" ;'
+    entry["sentences"][0]["question-split"] = "holdout"
+    with pytest.raises(DataError, match="question-split"):
+        build_instances([entry], "question", tmp_path)
+
+
+def test_split_option_and_missing_data_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="question, query"):
+        get_task("geoquery", split="random")
+    with pytest.raises(DataError, match="geoquery/geography.json"):
+        get_task("geoquery").load_split("test", tmp_path)
+    (tmp_path / "geoquery").mkdir()
+    (tmp_path / "geoquery" / "geography.json").write_text("{}")
+    (tmp_path / "geoquery" / "geography.sqlite").write_bytes(b"")
+    with pytest.raises(DataError, match="list of entries"):
+        get_task("geoquery").load_split("test", tmp_path)
+
+
+def test_committed_documentation_is_the_generated_one(geoquery_data_dir):
+    committed = resources.files("promptintern.tasks").joinpath("templates/geoquery_documentation.md")
+    assert committed.read_text(encoding="utf-8") == render_documentation(geoquery_data_dir), (
+        "regenerate: python -m promptintern.tasks.geoquery DATA_DIR > src/promptintern/tasks/templates/"
+        "geoquery_documentation.md")
+
+
+def test_template_documents_every_table_and_column(geoquery_data_dir):
+    task = get_task("geoquery")
+    doc, text = task.template.documentation, task.template.instruction + "\n" + task.template.documentation
+    con = sqlite3.connect(f"file:{geoquery_data_dir / DB_FILE}?mode=ro", uri=True)
+    for table in TABLES:
+        assert f"\n{table}: " in doc
+        for col in con.execute(f"PRAGMA table_info({table})"):
+            assert f"- {col[1].upper()} " in doc, (table, col[1])
+    con.close()
+    assert "ROAD" not in doc  # in the schema file, not in the database
+    assert all(k in text for k in task.force_keep)
+    for convention in ("STATEalias0", "DERIVED_TABLEalias0", "DISTINCT", " ;", "BORDER_INFOalias0.BORDER", "MAX("):
+        assert convention in task.template.instruction
+
+
+def test_template_token_count(tiny_model):
+    tokenizer, task = tiny_model[1], get_task("geoquery")  # the tiny model carries the SmolLM2 tokenizer
+    n = sum(len(tokenizer(getattr(task.template, p), add_special_tokens=False)["input_ids"])
+            for p in ("instruction", "documentation"))
+    assert 1500 <= n <= 2500, n  # the README states the exact figure
