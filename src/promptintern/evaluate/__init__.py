@@ -1,4 +1,5 @@
-"""Scoring predictions: BLEU/exact/structure match for NL2Bash, pass@1 for MBPP, exact match.
+"""Scoring predictions: BLEU/exact/structure match for NL2Bash, pass@1 for MBPP, exact match,
+SQL execution accuracy (:mod:`.sql`), and users' own ``module:function`` metrics (:mod:`.metrics`).
 
 >>> result = score("bleu", {"nl2bash-3": "ls -l"}, instances)      # doctest: +SKIP
 >>> result["metrics"]["bleu"], result["ci95"]["bleu"]               # doctest: +SKIP
@@ -24,10 +25,12 @@ from ..io import read_jsonl, write_json
 from ..tasks.base import Instance, Task
 from .bootstrap import bootstrap_ci, mean_percent, paired_bootstrap
 from .mbpp import check_program, extract_code, pass_at_1
+from .metrics import is_custom, load_metric, score_custom
 from .nl2bash import DEFAULT_TOKENIZER, bleu, bleu_from_stats, clean_prediction, exact_match, structure_match
 from .sandbox import SandboxResult, run_python, sandbox_capabilities
+from .sql import execution_accuracy
 
-METRICS = ("bleu", "pass@1", "exact_match")
+METRICS = ("bleu", "pass@1", "exact_match", "sql_execution")
 MISSING_IDS_SHOWN = 20
 
 
@@ -80,8 +83,8 @@ def score(
     few), plus metric details (BLEU tokenizer and signature, sandbox level and status counts).
     Predictions for ids outside ``instances`` are ignored; :func:`evaluate_file` rejects them.
     """
-    if task_metric not in METRICS:
-        raise ValueError(f"unknown metric {task_metric!r}; choose one of {', '.join(METRICS)}")
+    if task_metric not in METRICS and not is_custom(task_metric):
+        raise ValueError(f"unknown metric {task_metric!r}; choose one of {', '.join(METRICS)} or 'module:function'")
     ids = [inst.id for inst in instances]
     missing = [i for i in ids if i not in predictions]
     preds = [predictions.get(i) for i in ids]
@@ -92,6 +95,10 @@ def score(
         res = _score_bleu(preds, refs, tokenize, bootstrap, seed)
     elif task_metric == "exact_match":
         res = _score_exact(preds, refs, bootstrap, seed)
+    elif task_metric == "sql_execution":
+        res = execution_accuracy(preds, instances, bootstrap=bootstrap, seed=seed)
+    elif is_custom(task_metric):  # already imported by the task spec; found again in sys.modules
+        res = score_custom(load_metric(task_metric), task_metric, preds, refs, bootstrap, seed)
     else:
         pa = pass_at_1(predictions, instances, workers=workers, timeout_s=timeout_s)
         outcomes = np.array([pa["per_item"][i]["passed"] for i in ids], dtype=float)
@@ -169,6 +176,9 @@ def format_table(metrics: dict[str, Any]) -> Table:
         table.add_row("missing predictions", str(metrics["missing"]), "", style="yellow")
     if "bleu_tokenizer" in metrics:
         table.caption = f"sacrebleu {metrics['bleu_signature']}"
+    elif "gold_failed" in metrics:
+        table.caption = (f"{metrics['gold_failed']} gold queries do not run (scored by exact match); "
+                         + ", ".join(f"{k} {v}" for k, v in sorted(metrics.get("status_counts", {}).items())))
     elif "sandbox_level" in metrics:
         table.caption = f"sandbox: {metrics['sandbox_level']}; " + ", ".join(
             f"{k} {v}" for k, v in sorted(metrics.get("status_counts", {}).items()))
