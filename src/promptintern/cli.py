@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--merge", action="store_true", help="merge the adapter into the base weights")
 
+    p = sub.add_parser("serve", help="serve a run or a merged export on an OpenAI-compatible endpoint (transformers serve)")
+    p.add_argument("path", metavar="RUN_OR_EXPORT", help="run directory (merged and cached first) or merged export")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default=None, help="torch device (default: a GPU when visible, else the CPU)")
+
     p = sub.add_parser("data", help="data utilities")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     d = dsub.add_parser("download", help="fetch the public NL2Bash and MBPP files")

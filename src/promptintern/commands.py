@@ -112,6 +112,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeArgs, serve
+
+    _threads(args)
+    serve(Path(args.path), ServeArgs(host=args.host, port=args.port, device=args.device),
+          announce=lambda line: print(line, flush=True))
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from .tasks.download import download
 

@@ -1,0 +1,137 @@
+"""``promptintern serve`` end to end: a real server, the openai client, raw queries, same answers as infer.
+
+The server (``transformers serve`` in a ``promptintern serve`` subprocess) takes ~8 s to start
+on one CPU thread, mostly imports (torch, transformers, FastAPI); it is always stopped by
+:func:`running_server`, which kills it if SIGTERM did not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from promptintern.cli import main
+from promptintern.errors import RunDirError
+from promptintern.exporter import export
+from promptintern.io import read_jsonl
+from promptintern.models import MARKER, resolve_model_path
+
+pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pipeline_fixtures import tiny_run_config, write_config  # noqa: E402
+
+QUERIES = ["How many employees are there?", "List every department in Berlin", "Which projects have no staff?"]
+NEW_TOKENS = 6
+START_TIMEOUT_S = 120
+STOP_TIMEOUT_S = 30
+
+
+@pytest.fixture(scope="module")
+def sql_run(tmp_path_factory) -> Path:
+    """A tiny promptintern run (SQL task) on a local copy of tiny-random, plus its infer answers."""
+    from promptintern.config import load_config
+    from promptintern.pipeline import train
+
+    tmp = tmp_path_factory.mktemp("serve")
+    base = resolve_model_path("tiny-random")  # a directory: the server subprocess needs no alias cache
+    cfg = tiny_run_config(tmp / "run", model=base, compress={"model": base},
+                          train={"max_steps_per_stage": 1, "per_device_batch_size": 2, "use_cpu": True},
+                          infer={"max_new_tokens": NEW_TOKENS, "batch_size": 2, "progress": False})
+    train(load_config(str(write_config(tmp / "c.yaml", cfg))))
+    (tmp / "q.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "query": q}) + "\n" for i, q in enumerate(QUERIES)))
+    assert main(["--threads", "1", "infer", "--run", str(tmp / "run"), "--input", str(tmp / "q.jsonl"),
+                 "--output", str(tmp / "infer.jsonl")]) == 0
+    return tmp / "run"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running_server(target: Path, cache: Path, log: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``promptintern serve target`` on a free loopback port; yields (process, base URL); always stopped."""
+    port = _free_port()
+    env = {**os.environ, "PROMPTINTERN_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "promptintern.cli", "--threads", "1", "serve", str(target), "--port", str(port)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _healthy(f"http://127.0.0.1:{port}/health"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"server did not come up (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield proc, f"http://127.0.0.1:{port}/v1"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_served_raw_queries_answer_like_infer(sql_run, tmp_path, monkeypatch):
+    from openai import OpenAI
+
+    expected = {r["id"]: r for r in read_jsonl(sql_run.parent / "infer.jsonl")}
+    assert any(r["prediction"] for r in expected.values()), "the tiny model should say something"
+    log = tmp_path / "serve.log"
+    with running_server(sql_run, tmp_path / "cache", log) as (proc, url):
+        client = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+        model_id = client.models.list().data[0].id
+        for i, query in enumerate(QUERIES):
+            reply = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": query}],
+                                                   max_tokens=NEW_TOKENS, temperature=0)
+            assert reply.choices[0].message.content.strip() == expected[f"q{i}"]["prediction"]
+            assert reply.usage.prompt_tokens == expected[f"q{i}"]["input_tokens"]  # the served prompt, token for token
+        stopped_at = time.time()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(STOP_TIMEOUT_S) == 0
+    text = log.read_text()
+    assert f"at {url}" in text and "server stopped" in text
+    # the run's merged export was cached by the server; resolving the run again reuses it
+    from promptintern.serve import resolve_served_dir
+
+    monkeypatch.setenv("PROMPTINTERN_CACHE", str(tmp_path / "cache"))
+    served = resolve_served_dir(sql_run)
+    assert served.parent.parent == tmp_path / "cache" / "serve" and str(served) == model_id
+    assert (served.parent / MARKER).stat().st_mtime < stopped_at
+
+
+def test_serve_refuses_an_adapter_export_and_other_directories(sql_run, tmp_path):
+    from promptintern.serve import resolve_served_dir
+
+    adapter = export(sql_run, tmp_path / "adapter")
+    with pytest.raises(RunDirError, match="adapter export"):
+        resolve_served_dir(adapter)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunDirError, match="neither"):
+        resolve_served_dir(tmp_path / "empty")
+    merged = export(sql_run, tmp_path / "merged", merge=True)
+    assert resolve_served_dir(merged) == merged.resolve()
