@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
-from promptintern.errors import DataError
-from promptintern.evaluate import format_table, score
+from promptintern.errors import ConfigError, DataError
+from promptintern.evaluate import evaluate_file, format_table, score
 from promptintern.evaluate.sql import (
     QueryError,
     SQLLimits,
@@ -21,7 +22,7 @@ from promptintern.evaluate.sql import (
     run_query,
     same_result,
 )
-from promptintern.tasks import Instance
+from promptintern.tasks import CustomTask, Instance, get_task
 
 FAST = SQLLimits(timeout_s=0.3, max_rows=500)
 
@@ -193,8 +194,6 @@ def test_score_dispatch_per_item_missing_and_table(db):
 
 
 def test_geoquery_gold_runs_except_the_known_failures(geoquery_data_dir):
-    from promptintern.tasks import get_task
-
     counts = {}
     for split_by in ("question", "query"):
         task = get_task("geoquery", split=split_by)
@@ -205,3 +204,112 @@ def test_geoquery_gold_runs_except_the_known_failures(geoquery_data_dir):
             counts[split_by, split] = res["gold_failed"]
     assert sum(v for (s, _), v in counts.items() if s == "question") == 5
     assert sum(v for (s, _), v in counts.items() if s == "query") == 5
+
+
+# --- metrics of YAML tasks: sql_execution with a database, and module:function --------------------
+
+EXAMPLE_SQL = Path(__file__).resolve().parents[1] / "examples" / "sql"
+
+
+def _write_preds(path: Path, rows: dict[str, str]) -> Path:
+    path.write_text("".join(json.dumps({"id": k, "prediction": v}) + "\n" for k, v in rows.items()), encoding="utf-8")
+    return path
+
+
+def test_example_sql_task_scores_by_execution(tmp_path):
+    task = get_task(str(EXAMPLE_SQL / "task.yaml"))
+    test = task.load_split("test")
+    assert task.metric == "sql_execution" and all(i.meta["database"] == str(task.database) for i in test)
+    # right answers in another style; one wrong; one hostile
+    preds = {i.id: " ".join(i.answer.rstrip(";").split()).replace("SELECT", "select").replace("FROM", "from")
+             for i in test}
+    preds[test[0].id] = "SELECT city FROM departments"  # duplicates: wrong as a multiset
+    preds[test[1].id] = "DROP TABLE employees"
+    before = _sha(task.database)
+    out = evaluate_file(task, _write_preds(tmp_path / "p.jsonl", preds), None, tmp_path / "eval", bootstrap=100)
+    assert out["metrics"]["sql_execution"] == 60.0 and out["gold_failed"] == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["per_item"][test[2].id]["sql_execution"]
+    assert _sha(task.database) == before
+
+    task.to_yaml(tmp_path / "moved" / "task.yaml")
+    copy = CustomTask.from_yaml(tmp_path / "moved" / "task.yaml")
+    assert copy.database == task.database  # the database path is rebased like the data files
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("metric: sql_exec\n", "unknown metric 'sql_exec' (did you mean 'sql_execution'?)"),
+    ("metric: sql_execution\n", "sql_execution needs 'database: path/to/file.sqlite'"),
+    ("metric: sql_execution\ndatabase: nope.sqlite\n", "database 'nope.sqlite' not found"),
+    ("metric: no_such_module_xyz:score\n", "no module 'no_such_module_xyz'"),
+    ("metric: usermetric:nope\n", "module 'usermetric' has no attribute 'nope'"),
+    ("metric: usermetric:NOT_CALLABLE\n", "'NOT_CALLABLE' is a int, not a function"),
+    ("metric: brokenmetric:f\n", "importing"),
+    ("metric: 'not a metric!'\n", "choose one of bleu, exact_match, pass@1, sql_execution or 'module:function'"),
+])
+def test_metric_errors_at_spec_load_are_one_line(tmp_path, text, message):
+    (tmp_path / "usermetric.py").write_text("NOT_CALLABLE = 3\n")
+    (tmp_path / "brokenmetric.py").write_text("raise RuntimeError('boom')\n")
+    (tmp_path / "train.jsonl").write_text('{"query": "q", "answer": "a"}\n')
+    (tmp_path / "task.yaml").write_text(f"name: t\n{text}data: {{train: train.jsonl}}\n")
+    with pytest.raises(ConfigError) as exc:
+        CustomTask.from_yaml(tmp_path / "task.yaml")
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+USER_METRIC = '''
+def char_f1(predictions, references):
+    """Per item: 100 * shared characters / longer length; corpus: the mean."""
+    per = [100.0 * len(set(p) & set(r)) / max(len(set(p) | set(r)), 1) for p, r in zip(predictions, references)]
+    return per, sum(per) / len(per)
+
+
+def pooled(predictions, references):
+    """A corpus score that is not the item mean: matched characters over all reference characters."""
+    hits = [sum(a == b for a, b in zip(p, r)) for p, r in zip(predictions, references)]
+    total = sum(len(r) for r in references)
+    return {"per_item": [100.0 * h / max(len(r), 1) for h, r in zip(hits, references)],
+            "score": 100.0 * sum(hits) / total}
+
+
+def bad_length(predictions, references):
+    return [1.0], 1.0
+'''
+
+
+def _user_task(tmp_path: Path, fn: str) -> CustomTask:
+    (tmp_path / "my_metrics.py").write_text(USER_METRIC)
+    rows = [{"id": f"t{i}", "query": f"q{i}", "answer": a} for i, a in enumerate(["abcd", "xy", "hello world", "zz"])]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "task.yaml").write_text(f"name: mine\nmetric: my_metrics:{fn}\ndata: {{test: test.jsonl}}\n")
+    return CustomTask.from_yaml(tmp_path / "task.yaml")
+
+
+def test_user_metric_flows_into_scores_intervals_and_table(tmp_path):
+    task = _user_task(tmp_path, "char_f1")
+    preds = _write_preds(tmp_path / "p.jsonl", {"t0": "abcd", "t1": "yx", "t2": "help"})  # t3 missing
+    out = evaluate_file(task, preds, None, tmp_path / "eval", bootstrap=300)
+    key = "my_metrics:char_f1"
+    assert out["metric"] == key and out["missing"] == 1
+    expected = [100.0, 100.0, 100.0 * 3 / 9, 0.0]  # {h,e,l} shared of {h,e,l,o,w,r,d,p,' '}; missing scores ""
+    assert [out["per_item"][f"t{i}"][key] for i in range(4)] == pytest.approx(expected)
+    assert out["metrics"][key] == pytest.approx(sum(expected) / 4)
+    lo, hi = out["ci95"][key]
+    assert lo < out["metrics"][key] < hi and out["corpus_is_item_mean"]
+    assert f"{key} (headline)" in list(format_table(out).columns[0].cells)
+
+
+def test_user_corpus_metric_is_bootstrapped_by_calling_it_on_resamples(tmp_path):
+    task = _user_task(tmp_path, "pooled")
+    test = task.load_split("test")
+    preds = {"t0": "abcd", "t1": "x", "t2": "hello", "t3": "zz"}
+    out = score(task.metric, preds, test, bootstrap=200)
+    assert out["metrics"]["my_metrics:pooled"] == pytest.approx(100.0 * (4 + 1 + 5 + 2) / (4 + 2 + 11 + 2))
+    assert not out["corpus_is_item_mean"]
+    lo, hi = out["ci95"]["my_metrics:pooled"]
+    assert lo <= out["metrics"]["my_metrics:pooled"] <= hi and hi - lo > 0
+
+
+def test_user_metric_with_a_wrong_return_is_one_line(tmp_path):
+    task = _user_task(tmp_path, "bad_length")
+    with pytest.raises(ConfigError, match="returned 1 per-item scores for 4 predictions"):
+        score(task.metric, {}, task.load_split("test"), bootstrap=0)

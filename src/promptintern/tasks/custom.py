@@ -4,6 +4,10 @@ A spec names its template text inline or by file and its data files by path; rel
 are relative to the YAML file, so a task directory can be moved as a whole. Data records are
 JSON objects with ``query`` and ``answer`` (strings), an optional ``id``, and any other fields,
 which are kept in :attr:`Instance.meta` (``pass@1`` tasks need a ``test_list`` of asserts).
+
+``metric`` is a built-in name or a user's ``module:function`` (see :mod:`..evaluate.metrics`),
+checked when the spec loads: the function is imported then, and ``sql_execution`` needs a
+``database`` file, whose path every instance then carries in ``meta["database"]``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from ..io import iter_jsonl, write_text
 from ..prompt import PromptFormat, Template
 from .base import SPLITS, Instance, Task, check_split
 
-METRICS = ("bleu", "exact_match", "pass@1")
+METRICS = ("bleu", "exact_match", "pass@1", "sql_execution")  # or module:function
 # Which placeholders each format may (and must) use; anything else is never filled.
 FORMAT_PLACEHOLDERS = {
     "example_format": ("query", "answer"),
@@ -42,7 +46,11 @@ class TaskSpec:
     name: str = field(metadata={"help": "Task name (letters, digits, '_', '.', '-'); prefixes default ids."})
     metric: str = field(
         default="exact_match",
-        metadata={"help": "bleu | exact_match | pass@1 (pass@1 needs a test_list in every record)."},
+        metadata={"help": "bleu | exact_match | pass@1 (needs a test_list in every record) | sql_execution "
+                          "(needs 'database') | module:function (your own: see evaluate.metrics)."},
+    )
+    database: str | None = field(
+        default=None, metadata={"help": "SQLite file the sql_execution metric runs queries on (read-only)."}
     )
     instruction: str | None = field(default=None, metadata={"help": "Instruction text of the template."})
     instruction_file: str | None = field(
@@ -97,10 +105,11 @@ class TaskSpec:
         """Check values that types alone do not catch."""
         if not NAME_RE.match(self.name):
             raise ConfigError(f"{source}: name {self.name!r} may only use letters, digits, '_', '.', '-'")
-        if self.metric not in METRICS:
-            raise ConfigError(
-                f"{source}: unknown metric {self.metric!r}{_suggest(self.metric, METRICS)}; choose one of {', '.join(METRICS)}"
-            )
+        from ..evaluate.metrics import check_metric_name  # lazy: evaluate imports tasks
+
+        check_metric_name(self.metric, source)
+        if self.metric == "sql_execution" and not self.database:
+            raise ConfigError(f"{source}: metric sql_execution needs 'database: path/to/file.sqlite'")
         for part in ("instruction", "documentation"):
             if getattr(self, part) is not None and getattr(self, f"{part}_file") is not None:
                 raise ConfigError(f"{source}: give either {part} or {part}_file, not both")
@@ -189,6 +198,8 @@ class CustomTask(Task):
             answer_format=spec.answer_format,
         )
         self.force_keep = tuple(spec.force_keep)
+        self.database = self._database()
+        self._check_metric()
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> CustomTask:
@@ -214,7 +225,7 @@ class CustomTask(Task):
         spec = self.spec.to_dict()
         if path is not None:
             new_dir = Path(path).parent
-            for key in ("instruction_file", "documentation_file"):
+            for key in ("instruction_file", "documentation_file", "database"):
                 if key in spec:
                     spec[key] = _rebase(spec[key], self.base_dir, new_dir)
             if "data" in spec:
@@ -254,6 +265,8 @@ class CustomTask(Task):
         if not isinstance(rid, (str, int)) or isinstance(rid, bool):
             raise DataError(f"{path}: record {n + 1}: id must be a string or an integer")
         meta = {k: v for k, v in rec.items() if k not in ("id", "query", "answer")}
+        if self.database is not None:
+            meta["database"] = str(self.database)
         return Instance(id=str(rid), query=rec["query"], answer=rec["answer"], meta=meta)
 
     def _text(self, part: str) -> str:
@@ -268,6 +281,21 @@ class CustomTask(Task):
             raise ConfigError(f"{self.source}: {part}_file {file!r} not found (looked for {p})") from exc
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{p}: not valid UTF-8 (byte {exc.start})") from exc
+
+    def _database(self) -> Path | None:
+        if self.spec.database is None:
+            return None
+        path = self._path(self.spec.database)
+        if not path.is_file():
+            raise ConfigError(f"{self.source}: database {self.spec.database!r} not found (looked for {path})")
+        return path
+
+    def _check_metric(self) -> None:
+        """Import a ``module:function`` metric now, so a typo fails at load and not after training."""
+        from ..evaluate.metrics import is_custom, load_metric
+
+        if is_custom(self.metric):
+            load_metric(self.metric, self.base_dir, self.source)
 
     def _path(self, p: str) -> Path:
         return (self.base_dir / Path(p).expanduser()).resolve()
