@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .threads import prepare_openmp
+
 if TYPE_CHECKING:
     from .config import RunConfig
 
@@ -26,6 +28,10 @@ __version__ = "0.1.0"
 __all__ = ["export", "infer", "load_config", "run", "train"]
 
 PathLike = str | os.PathLike[str]
+
+# Before anything imports torch: its OpenMP threads then sleep instead of spinning when another
+# process holds a core (the user's own OMP_WAIT_POLICY wins). See promptintern.threads.
+prepare_openmp()
 
 
 def load_config(path: PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:

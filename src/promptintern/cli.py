@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import UserError
+from .threads import THREADS_ENV, parse_threads
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -22,13 +23,17 @@ def _add_run_dir_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="wipe an existing run directory first")
 
 
+THREADS_HELP = (f"CPU threads for torch, before or after the command (default: ${THREADS_ENV}, "
+                "else the config's num_threads, else the cores available)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="promptintern",
         description="Internalize a recurring prompt into a model by progressive LoRA fine-tuning.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: cores available)")
+    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("show-prompt", help="print a task's full prompt and a table of tokens per part")
@@ -82,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print every config field with its default and help")
     p.add_argument("config", nargs="?", help="also validate this YAML config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    for p in sub.choices.values():  # --threads after the command too; SUPPRESS keeps one given before
+        p.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=THREADS_HELP)
     return parser
 
 
@@ -114,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or bool(os.environ.get("PROMPTINTERN_DEBUG"))
     try:
+        if args.threads is not None:  # through the environment, so worker processes inherit it
+            os.environ[THREADS_ENV] = str(parse_threads(args.threads, "--threads"))
         quiet_libraries()
         return dispatch(args)
     except UserError as exc:

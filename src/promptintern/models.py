@@ -29,8 +29,10 @@ from urllib.parse import urlparse
 
 import torch
 
-from .errors import ConfigError, ModelError
+from .errors import ModelError
 from .io import write_json
+from .threads import available_cores as available_cores  # re-exported: callers ask models for it
+from .threads import resolve_threads
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -85,39 +87,13 @@ def pick_dtype(device: str) -> torch.dtype:
     return torch.float32
 
 
-def available_cores() -> int:
-    """Physical cores this process may run on (affinity, SMT siblings and cgroup quota applied)."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    cores = set()
-    for cpu in cpus:
-        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
-        except OSError:
-            cores.add(("cpu", str(cpu)))
-    n = len(cores) or 1
-    quota = _cgroup_cpu_quota()
-    return max(1, min(n, quota)) if quota else n
-
-
-def _cgroup_cpu_quota() -> int | None:
-    try:
-        limit, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
-        return None
-    if limit == "max":
-        return None
-    return max(1, -(-int(limit) // int(period)))
-
-
 def set_cpu_threads(n: int | None = None) -> int:
-    """Set torch's intra-op thread count (default: :func:`available_cores`); returns it.
+    """Set torch's intra-op thread count; returns it.
 
-    More threads than physical cores only adds contention for these small models.
+    ``$PROMPTINTERN_THREADS`` (what ``--threads`` sets) outranks ``n`` (a config's
+    ``num_threads``); with neither, :func:`available_cores`. See :mod:`promptintern.threads`.
     """
-    if n is not None and n < 1:
-        raise ConfigError(f"threads must be >= 1, got {n}")
-    n = n or available_cores()
+    n = resolve_threads(n)
     torch.set_num_threads(n)
     return n
 
