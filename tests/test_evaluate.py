@@ -21,7 +21,13 @@ from promptintern.evaluate.nl2bash import (
     exact_match,
     structure_match,
 )
-from promptintern.evaluate.sandbox import Sandbox, SandboxLimits, run_python, sandbox_capabilities
+from promptintern.evaluate.sandbox import (
+    Sandbox,
+    SandboxLimits,
+    SandboxUnavailable,
+    run_python,
+    sandbox_capabilities,
+)
 from promptintern.tasks.base import Instance
 
 ADD = Instance("add", "Write add.", "def add(a, b):\n    return a + b",
@@ -149,18 +155,22 @@ def test_sandbox_run_python_statuses():
 
 
 def test_capabilities_are_reported():
-    caps = sandbox_capabilities()
-    assert caps.level in ("bwrap", "unshare", "process")
-    assert caps.network_isolated == (caps.level != "process")
-    assert caps.filesystem_isolated == (caps.level == "bwrap")
+    try:
+        caps = sandbox_capabilities()
+    except SandboxUnavailable as exc:
+        pytest.skip(f"the contained level is not available here: {exc}")
+    assert caps.level == "bwrap" and caps.contained
+    assert caps.network_isolated and caps.filesystem_isolated and caps.pid_namespace
+    opted_in = sandbox_capabilities(level="process")
+    assert opted_in.level == "process" and not opted_in.contained and not opted_in.network_isolated
 
 
-@pytest.mark.parametrize("level", ["unshare", "process"])
-def test_fallback_levels_give_the_same_verdicts(level):
+@pytest.mark.parametrize("level", ["bwrap", "process"])
+def test_both_levels_give_the_same_verdicts_on_honest_code(level):
     sb = Sandbox(SandboxLimits(timeout_s=10), level=level)
     try:
         sb.capabilities  # noqa: B018
-    except RuntimeError as exc:
+    except SandboxUnavailable as exc:
         pytest.skip(f"level {level} not available here: {exc}")
     checks = "\n".join(ADD.meta["test_list"])
     assert sb.run_checks(ADD.answer, checks).status == "passed"

@@ -27,6 +27,12 @@ THREADS_HELP = (f"CPU threads for torch, before or after the command (default: $
                 "else the config's num_threads, else the cores available)")
 
 
+def _add_unsafe_sandbox_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--unsafe-sandbox", action="store_true",
+                   help="run model-written code (MBPP) uncontained where bubblewrap is unavailable "
+                        "(same as eval.sandbox=process; marked UNSAFE in every result)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="promptintern",
@@ -52,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         _add_config_args(p)
         _add_run_dir_args(p)
+        if name == "run":
+            _add_unsafe_sandbox_arg(p)
 
     p = sub.add_parser("infer", help="answer queries with a trained run (the method's own prompt)")
     p.add_argument("--run", required=True, help="run directory")
@@ -67,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", required=True, help="JSONL of {'id', 'prediction'}")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None, help="directory for metrics.json (default: beside the predictions)")
+    _add_unsafe_sandbox_arg(p)
 
     p = sub.add_parser("export", help="write the adapter or the merged model as a standard HF directory")
     p.add_argument("--run", required=True)

@@ -25,7 +25,10 @@ def _threads(args: argparse.Namespace) -> None:
 def _config(args: argparse.Namespace):
     from .config import load_config
 
-    return load_config(args.config, args.set)
+    sets = list(args.set)
+    if getattr(args, "unsafe_sandbox", False):
+        sets.append("eval.sandbox=process")
+    return load_config(args.config, sets)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -98,7 +101,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     preds = Path(args.predictions)
     out = Path(args.out) if args.out else preds.parent
-    metrics = evaluate_file(args.task, preds, args.data_dir, out)
+    metrics = evaluate_file(args.task, preds, args.data_dir, out,
+                            sandbox="process" if args.unsafe_sandbox else "bwrap")
     _console().print(format_table(metrics))
     _console().print(f"metrics → {out / 'metrics.json'}")
     return 0

@@ -49,7 +49,7 @@ def write_report(metrics: dict[str, Any], run_dir: Path) -> Path:
     parts = [
         f"# promptintern run: {metrics['task']} · {metrics['method']} · {metrics['model']}",
         f"{metrics['n_train']} training instances, {metrics['n_test']} test queries.",
-        "## Results", markdown_table(metrics),
+        "## Results", markdown_table(metrics), _unsafe_sandbox_note(metrics),
         "## Stages", "| stage | τ | k | instances |\n|---|---|---|---|\n" + stages,
         "## Plots", *[f"![{p.stem}](plots/{p.name})" for p in plots],
     ]
@@ -117,4 +117,17 @@ def print_summary(metrics: dict[str, Any], console: Console) -> None:
         ci = f" [{r['ci'][0]:.1f}, {r['ci'][1]:.1f}]" if r["ci"] else ""
         val = "n/a" if r["metric"] is None else f"{r['metric']:.1f}{ci}"
         table.add_row(r["system"], prompt, f"{r['input_tokens']:.0f}", f"{r['latency_s']:.3f}", val)
+    unsafe = _unsafe_sandbox_note(metrics)
+    if unsafe:
+        table.caption = unsafe
     console.print(table)
+
+
+def _unsafe_sandbox_note(metrics: dict[str, Any]) -> str:
+    """The opt-in to uncontained code execution, if any system was scored that way (else empty)."""
+    from .evaluate import sandbox_note
+
+    for system in metrics.get("systems", {}).values():
+        if "sandbox_level" in system and not system.get("sandbox_contained", True):
+            return sandbox_note(system)
+    return ""

@@ -1,18 +1,19 @@
-"""Attack battery for the MBPP sandbox: every case is scored failed and leaves the host untouched.
+"""Attack battery for the MBPP sandbox: contained where it scores, refused where it cannot contain.
 
-Each case is a "solution" to ``add(a, b)`` submitted like an MBPP prediction (the asserts of
-:data:`CHECKS`). Host-harm cases also run through the plain :func:`run_python` path, which has no
-in-process guard, to show the operating-system containment holds on its own. A protection this
-machine cannot provide (see ``sandbox_capabilities()``) is skipped with the reason; what is
-guaranteed is still asserted. The whole battery must finish within :data:`BATTERY_BOUND_S`.
+The host-harm and forgery cases live in :mod:`.cases` (each judged from the host, runnable at any
+level; ``python -m tests.security.levels`` prints the per-level table in the README). Here every
+case must be contained at the default level -- or, on a machine where that level cannot be
+established (no bubblewrap), scoring must refuse before running anything, which is asserted
+instead. In-process forgeries of the verdict (:data:`FAKES`) are scored failed. The process level
+is the user's explicit opt-in: a test shows a forgery succeeding there, which is why it is never
+chosen silently. The whole module must finish within :data:`BATTERY_BOUND_S`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
-import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -22,20 +23,29 @@ import pytest
 
 from promptintern.evaluate.mbpp import pass_at_1, run_program
 from promptintern.evaluate.sandbox import (
-    SANDBOX_UID_BASE,
-    SANDBOX_UID_SPAN,
     Sandbox,
     SandboxLimits,
+    SandboxUnavailable,
     sandbox_capabilities,
+    tree_rss_bytes,
 )
 from promptintern.tasks.base import Instance
 
-TIMEOUT_S = 3.0  # per run; the hanging cases are killed after this
-CASE_BOUND_S = TIMEOUT_S + 4.0  # a run may take this long at most, kill and cleanup included
-BATTERY_BOUND_S = 150.0  # the whole module, measured by the fixture below
-CHECKS = ["assert add(1, 2) == 3", "assert add(2, 2) == 4", "assert add(-5, 5) == 0"]
-CAPS = sandbox_capabilities()
-WRONG = "def add(a, b):\n    return 0\n"
+from .cases import CASES, CASES_BY_NAME, CHECKS, TIMEOUT_S, WRONG
+
+CASE_BOUND_S = TIMEOUT_S + 4.0
+BATTERY_BOUND_S = 180.0  # the whole module, measured by the fixture below
+
+
+def _contained_caps():
+    try:
+        return sandbox_capabilities()
+    except SandboxUnavailable as exc:
+        return exc
+
+
+CAPS = _contained_caps()
+CONTAINED = not isinstance(CAPS, SandboxUnavailable)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -43,208 +53,96 @@ def _battery_clock():
     start = time.monotonic()
     yield
     total = time.monotonic() - start
-    print(f"\nsandbox battery: {total:.1f}s at level {CAPS.level}")
+    print(f"\nsandbox battery: {total:.1f}s ({CAPS})")
     assert total < BATTERY_BOUND_S, f"battery took {total:.1f}s (bound {BATTERY_BOUND_S}s)"
 
 
+def _assert_refused() -> None:
+    """Where the contained level is unavailable, scoring refuses before any code runs."""
+    with pytest.raises(SandboxUnavailable, match="bubblewrap"):
+        pass_at_1({"x": WRONG}, [Instance("x", "q", "", meta={"test_list": CHECKS})])
+
+
 def submit(code: str):
-    """Score ``code`` like an MBPP prediction; the bounded wall time is asserted for every case."""
     start = time.monotonic()
     res = run_program(code, "", CHECKS, timeout_s=TIMEOUT_S)
     assert time.monotonic() - start < CASE_BOUND_S
     return res
 
 
-def raw(code: str):
-    """The same code through the plain sandbox (no verdict harness, no audit hook)."""
-    start = time.monotonic()
-    res = Sandbox(SandboxLimits(timeout_s=TIMEOUT_S, cpu_s=int(TIMEOUT_S))).run(code)
-    assert time.monotonic() - start < CASE_BOUND_S
-    return res
+# --- host harm and forged passes, judged from the host ---------------------------------------------
 
 
-def _require(flag: bool, why: str) -> None:
-    if not flag:
-        pytest.skip(f"sandbox level {CAPS.level!r} cannot guarantee this: {why}")
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_case_is_contained(case):
+    if not CONTAINED:
+        _assert_refused()
+        return
+    outcome = case.run("bwrap")
+    assert outcome.contained, f"{case.name} ({case.what}): {outcome.evidence}"
 
 
-def _processes_matching(needle: bytes) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    found.append(int(entry))
-            except OSError:
-                pass
-    return found
+@pytest.mark.skipif(os.geteuid() != 0, reason="as a normal user the process level cannot read root-owned memory")
+def test_the_process_level_lets_a_forgery_pass():
+    """The same forgery, at the uncontained opt-in level, scores a wrong solution as passed.
+
+    This is what makes the forgery cases meaningful (the attack code works when nothing stops it)
+    and why that level is used only on request.
+    """
+    outcome = CASES_BY_NAME["forge_nonce_from_child_process"].run("process")
+    assert not outcome.contained and "scored as passed" in outcome.evidence
 
 
-def _sandbox_uid_processes() -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                uid = os.stat(f"/proc/{entry}").st_uid
-            except OSError:
-                continue
-            if SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UID_SPAN:
-                found.add(int(entry))
-    return found
+def test_refuses_without_bubblewrap(monkeypatch, tmp_path):
+    """No bwrap on PATH: one line that says what to install and how to opt in; no fallback."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SandboxUnavailable) as info:
+        Sandbox(level="bwrap").capabilities  # noqa: B018
+    message = str(info.value)
+    assert "\n" not in message and "apt-get install bubblewrap" in message and "--unsafe-sandbox" in message
+    _assert_refused()
 
 
-def _eventually(predicate, within_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
+def test_tree_memory_counts_children():
+    """The per-item memory figure includes a forked child's resident pages."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = b'x' * (64 * 2**20); time.sleep(3)"])
+    try:
+        deadline = time.monotonic() + 3
+        while tree_rss_bytes(os.getpid()) < 64 * 2**20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tree_rss_bytes(os.getpid()) >= 64 * 2**20
+        assert tree_rss_bytes(child.pid) < tree_rss_bytes(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
 
 
-# --- resource exhaustion -------------------------------------------------------------------------
+# --- resource exhaustion ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("runner", [submit, raw], ids=["checked", "raw"])
-def test_infinite_loop_is_killed(runner):
-    res = runner("def add(a, b):\n    return a + b\nwhile True:\n    pass\n")
-    assert res.status == "timeout"
-    assert res.wall_s < CASE_BOUND_S
+@pytest.mark.skipif(not CONTAINED, reason="refusal asserted in test_case_is_contained")
+def test_infinite_loop_is_killed():
+    res = submit("def add(a, b):\n    return a + b\nwhile True:\n    pass\n")
+    assert res.status == "timeout" and res.wall_s < CASE_BOUND_S
 
 
-@pytest.mark.parametrize("runner", [submit, raw], ids=["checked", "raw"])
-def test_fork_bomb_is_contained(runner):
-    _require(CAPS.nproc_enforced, "RLIMIT_NPROC needs a non-root uid")
-    before = _sandbox_uid_processes()
-    res = runner("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n")
-    assert res.status in ("timeout", "failed")
-    if CAPS.uid_dropped:
-        assert _eventually(lambda: not (_sandbox_uid_processes() - before)), "fork-bomb processes survived"
+@pytest.mark.skipif(not CONTAINED, reason="refusal asserted in test_case_is_contained")
+def test_allocating_20_gib_fails():
+    res = submit("def add(a, b):\n    return a + b\nblob = bytearray(20 * 2**30)\n")
+    assert res.status == "failed" and "MemoryError" in res.stderr
 
 
-@pytest.mark.parametrize("runner", [submit, raw], ids=["checked", "raw"])
-def test_allocating_20_gib_fails(runner):
-    res = runner("def add(a, b):\n    return a + b\nblob = bytearray(20 * 2**30)\n")
-    assert res.status == "failed"
-    assert "MemoryError" in res.stderr
-
-
-@pytest.mark.parametrize("runner", [submit, raw], ids=["checked", "raw"])
-def test_printing_1_gib_is_capped(runner):
+@pytest.mark.skipif(not CONTAINED, reason="refusal asserted in test_case_is_contained")
+def test_printing_1_gib_does_not_grow_the_host():
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    res = runner("import sys\nchunk = 'x' * 2**20\nfor _ in range(1024):\n    sys.stdout.write(chunk)\n"
+    res = submit("import sys\nchunk = 'x' * 2**20\nfor _ in range(1024):\n    sys.stdout.write(chunk)\n"
                  "def add(a, b):\n    return a + b\n")
     assert res.status == "failed" and res.truncated
     assert len(res.stdout) <= SandboxLimits().max_output_bytes
-    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
-    assert grown_kib < 200 * 1024  # the host process did not buffer the gigabyte
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 200 * 1024
 
 
-def test_filling_the_disk_is_bounded():
-    _require(CAPS.filesystem_isolated, "only bwrap gives a size-capped private tmpfs")
-    res = submit("import os\nfor i in range(400):\n    with open(f'f{i}', 'wb') as f:\n        f.write(b'x' * 2**20)\n"
-                 "def add(a, b):\n    return a + b\n")
-    assert res.status == "failed"
-    assert "No space left" in res.stderr or "File too large" in res.stderr
-
-
-# --- the host file system ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("runner", [submit, raw], ids=["checked", "raw"])
-def test_writing_outside_the_working_directory(runner, tmp_path):
-    """A private directory stays unwritten at every level with isolation; host /tmp only under bwrap.
-
-    With a uid change alone (the unshare level as root, seen on a GPU machine) world-writable
-    directories such as /tmp stay writable: file permissions are all that level has.
-    """
-    _require(CAPS.filesystem_isolated or CAPS.uid_dropped, "no mount namespace and no uid change")
-    marker = tmp_path / "marker"  # under pytest's private (0700) base directory
-    host_tmp = Path("/tmp") / f"promptintern-marker-{secrets.token_hex(4)}"
-    res = runner(f"def add(a, b):\n    return a + b\nopen({str(host_tmp)!r}, 'w').write('x')\n"
-                 f"open({str(marker)!r}, 'w').write('x')\n")
-    wrote_host_tmp = host_tmp.exists()
-    host_tmp.unlink(missing_ok=True)
-    assert res.status == "failed"
-    assert not marker.exists()
-    if CAPS.filesystem_isolated:
-        assert not wrote_host_tmp
-
-
-@pytest.mark.parametrize("runner", [submit, raw], ids=["checked", "raw"])
-def test_reading_a_secret_outside(runner, tmp_path):
-    _require(CAPS.filesystem_isolated or CAPS.uid_dropped, "no mount namespace and no uid change")
-    token = secrets.token_hex(16)
-    secret = tmp_path / "secret.txt"
-    secret.write_text(token)
-    secret.chmod(0o600)
-    project_file = Path(__file__).resolve()  # the project tree (and its data) must be invisible too
-    res = runner(f"def add(a, b):\n    return a + b\nprint(open({str(secret)!r}).read())\n"
-                 f"print(open({str(project_file)!r}).read())\n")
-    assert res.status == "failed"
-    assert token not in res.stdout + res.stderr
-    assert "BATTERY-SENTINEL-7f3a" not in res.stdout  # a string only this file contains
-
-
-@pytest.mark.parametrize("runner", [submit, raw], ids=["checked", "raw"])
-def test_tcp_connection_to_a_host_listener(runner):
-    _require(CAPS.network_isolated, "no network namespace")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        port = listener.getsockname()[1]
-        res = runner(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'x')\n"
-                     "def add(a, b):\n    return a + b\n")
-        assert res.status == "failed"
-        listener.settimeout(0.5)
-        with pytest.raises(TimeoutError):
-            listener.accept()
-
-
-# --- processes -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("runner", [submit, raw], ids=["checked", "raw"])
-@pytest.mark.parametrize("attack", ["os.kill(os.getppid(), 9)", "os.kill(-1, 9)", "os.killpg(os.getpgid(0), 9)"])
-def test_killing_the_parent(runner, attack):
-    """Nothing outside the sandbox dies. The code itself may go on: as pid 1 of its own pid
-    namespace (the unshare level) its signals to itself and to "parent" 0 are ignored."""
-    _require(CAPS.pid_namespace or CAPS.uid_dropped, "same uid and pid space as the test process")
-    bystander = subprocess.Popen(["sleep", "60"])  # a process of the test's uid, outside the sandbox
-    try:
-        res = runner(f"import os\n{attack}\ndef add(a, b):\n    return a + b\n")
-        assert res.status in ("failed", "passed"), res
-        assert bystander.poll() is None  # still running
-    finally:
-        bystander.kill()
-        bystander.wait()
-    os.kill(os.getpid(), 0)  # this process is alive and scoring went on
-
-
-@pytest.mark.parametrize("runner", [submit, raw], ids=["checked", "raw"])
-def test_background_processes_do_not_outlive_the_run(runner):
-    _require(CAPS.pid_namespace or CAPS.uid_dropped, "descendants can leave the process group")
-    token = f"{300 + secrets.randbelow(10**6) / 10**7:.7f}"  # a unique `sleep` argument to look for
-    probe = subprocess.Popen(["sleep", token])  # the scan must see a live one
-    assert _eventually(lambda: bool(_processes_matching(token.encode())), 2.0)
-    probe.kill()
-    probe.wait()
-    code = (
-        "import os, subprocess\n"
-        f"subprocess.Popen(['sleep', '{token}'], start_new_session=True)\n"
-        "if os.fork() == 0:\n"
-        "    os.setsid()\n"
-        "    if os.fork() == 0:\n"
-        f"        os.execv('/bin/sleep', ['sleep', '{token}'])\n"
-        "    os._exit(0)\n"
-        "def add(a, b):\n    return a + b\n"
-    )
-    res = runner(code)
-    assert res.status == "passed"  # the code itself is correct; only its leftovers matter here
-    assert _eventually(lambda: not _processes_matching(token.encode())), "a background process survived"
-
-
-# --- faking a pass -------------------------------------------------------------------------------
+# --- faking a pass from inside the process --------------------------------------------------------
 
 FAKES = {
     "sys_exit_before_asserts": "def add(a, b):\n    return a + b\nimport sys\nsys.exit(0)\n",
@@ -290,9 +188,6 @@ FAKES = {
     "crafted_bytecode": WRONG + "def f():\n    pass\nf.__code__ = f.__code__.replace(co_code=b'\\x00' * 8)\n",
     "marshal_code_object": WRONG + "import marshal\nmarshal.loads(marshal.dumps(compile('1', 's', 'eval')))\n",
     "proc_self_mem": WRONG + "print(open('/proc/self/mem', 'rb').read(1))\n",
-    "child_reads_parent_memory": WRONG + (
-        "import os, subprocess, sys\n"
-        "print(subprocess.run(['cat', f'/proc/{os.getpid()}/maps'], capture_output=True).stdout[:100])\n"),
     "new_audit_hook": WRONG + "import sys\nsys.addaudithook(lambda *a: None)\n",
     "thread_keeps_running": WRONG + (
         "import threading, time, os\n"
@@ -301,12 +196,14 @@ FAKES = {
 }
 
 
+@pytest.mark.skipif(not CONTAINED, reason="refusal asserted in test_case_is_contained")
 @pytest.mark.parametrize("name", sorted(FAKES))
 def test_faking_success_is_scored_failed(name):
     res = submit(FAKES[name])
     assert res.status != "passed", res
 
 
+@pytest.mark.skipif(not CONTAINED, reason="refusal asserted in test_case_is_contained")
 def test_the_whole_battery_through_pass_at_1_scores_zero():
     """The fakes again as one MBPP-style evaluation, in parallel, as :func:`score` would run them."""
     task = {"test_list": CHECKS, "test_setup_code": ""}
@@ -314,16 +211,41 @@ def test_the_whole_battery_through_pass_at_1_scores_zero():
     res = pass_at_1({name: f"```python\n{code}```" for name, code in FAKES.items()}, instances, workers=2,
                     timeout_s=TIMEOUT_S)
     assert res["pass@1"] == 0.0, {k: v for k, v in res["per_item"].items() if v["passed"]}
+    assert res["sandbox_level"] == "bwrap" and res["sandbox_contained"] is True
     control = pass_at_1({"ok": "def add(a, b):\n    return a + b\n"}, [Instance("ok", "q", "", meta=task)],
                         timeout_s=TIMEOUT_S)
     assert control["pass@1"] == 100.0  # the same harness does pass a correct solution
 
 
 def test_capabilities_here():
-    """Record what this machine gives (the report quotes it); bwrap must imply all protections."""
+    """Record what this machine gives; the contained level must imply every protection."""
     print(f"\n{CAPS}")
-    if CAPS.level == "bwrap":
+    if CONTAINED:
+        assert CAPS.level == "bwrap" and CAPS.contained and CAPS.seccomp
         assert CAPS.network_isolated and CAPS.filesystem_isolated and CAPS.pid_namespace
-    if os.geteuid() == 0 and CAPS.level == "bwrap":
-        assert CAPS.uid_dropped and CAPS.nproc_enforced
+        assert CAPS.uid_dropped == (os.geteuid() == 0) and CAPS.nproc_enforced
     assert sys.platform.startswith("linux")
+
+
+def _mbpp_ids(data_dir: Path, n: int) -> list[str]:
+    from promptintern.tasks import get_task
+
+    return [inst.id for inst in get_task("mbpp").load_split("test", data_dir)[:n]]
+
+
+def test_cli_eval_refuses_then_runs_when_opted_in(tmp_path, mbpp_data_dir):
+    """``promptintern eval --task mbpp`` without bubblewrap: one line, exit != 0; opted in: it says so."""
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("".join(json.dumps({"id": i, "prediction": WRONG}) + "\n" for i in _mbpp_ids(mbpp_data_dir, 2)))
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent), "PROMPTINTERN_DATA_DIR": str(mbpp_data_dir)}
+    cmd = [sys.executable, "-m", "promptintern.cli", "eval", "--task", "mbpp", "--predictions", str(preds),
+           "--out", str(tmp_path / "out")]
+    refused = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0
+    assert refused.stderr.strip().count("\n") == 0 and "bubblewrap" in refused.stderr, refused.stderr
+    assert not (tmp_path / "out").exists()
+    opted = subprocess.run([*cmd, "--unsafe-sandbox"], env=env, capture_output=True, text=True, timeout=300)
+    assert opted.returncode == 0, opted.stderr
+    assert "UNSAFE" in opted.stdout
+    metrics = json.loads(next((tmp_path / "out").glob("*metrics.json")).read_text())
+    assert metrics["sandbox_level"] == "process" and metrics["sandbox_contained"] is False

@@ -75,8 +75,13 @@ def score(
     workers: int | None = None,
     timeout_s: float = 10.0,
     tokenize: str = DEFAULT_TOKENIZER,
+    sandbox: str = "bwrap",
 ) -> dict[str, Any]:
     """Score ``predictions`` (id -> text) against ``instances`` with the task's metric.
+
+    ``sandbox`` (pass@1 only): ``bwrap``, the contained level, which refuses with
+    :class:`~.sandbox.SandboxUnavailable` where it cannot be established; ``process`` only when the
+    user explicitly opted in to running model-written code uncontained (stored in the result).
 
     Returns ``metric`` (the headline name), ``metrics`` (name -> percent), ``ci95`` (name ->
     [lo, hi] or None), ``per_item`` (id -> record), ``n``, ``missing`` and ``missing_ids`` (first
@@ -100,11 +105,11 @@ def score(
     elif is_custom(task_metric):  # already imported by the task spec; found again in sys.modules
         res = score_custom(load_metric(task_metric), task_metric, preds, refs, bootstrap, seed)
     else:
-        pa = pass_at_1(predictions, instances, workers=workers, timeout_s=timeout_s)
+        pa = pass_at_1(predictions, instances, workers=workers, timeout_s=timeout_s, sandbox_level=sandbox)
         outcomes = np.array([pa["per_item"][i]["passed"] for i in ids], dtype=float)
         res = {"metrics": {"pass@1": pa["pass@1"]}, "ci95": {"pass@1": _ci(outcomes, mean_percent, bootstrap, seed)},
                "per_item": [pa["per_item"][i] for i in ids], "sandbox_level": pa["sandbox_level"],
-               "status_counts": pa["status_counts"]}
+               "sandbox_contained": pa["sandbox_contained"], "status_counts": pa["status_counts"]}
     res["per_item"] = {i: {"missing": p is None, **rec} for i, p, rec in zip(ids, preds, res["per_item"], strict=True)}
     out.update(res)
     if bootstrap > 0:
@@ -159,6 +164,13 @@ def evaluate_file(
     return metrics
 
 
+def sandbox_note(metrics: dict[str, Any]) -> str:
+    """How model-written code was run, in words a reader of a results table cannot miss."""
+    if metrics.get("sandbox_contained", True):
+        return f"sandbox: {metrics['sandbox_level']} (contained)"
+    return f"UNSAFE: sandbox {metrics['sandbox_level']} does not contain model-written code (opted in)"
+
+
 def format_table(metrics: dict[str, Any]) -> Table:
     """A console table of a :func:`score` / :func:`evaluate_file` result: metric, value, 95% CI."""
     title = " · ".join(str(x) for x in (metrics.get("task"), f"{metrics.get('n', 0)} test items") if x)
@@ -180,7 +192,7 @@ def format_table(metrics: dict[str, Any]) -> Table:
         table.caption = (f"{metrics['gold_failed']} gold queries do not run (scored by exact match); "
                          + ", ".join(f"{k} {v}" for k, v in sorted(metrics.get("status_counts", {}).items())))
     elif "sandbox_level" in metrics:
-        table.caption = f"sandbox: {metrics['sandbox_level']}; " + ", ".join(
+        table.caption = f"{sandbox_note(metrics)}; " + ", ".join(
             f"{k} {v}" for k, v in sorted(metrics.get("status_counts", {}).items()))
     return table
 

@@ -35,8 +35,8 @@ def extract_code(prediction: str) -> str:
     return prediction.strip("\n")
 
 
-def _sandbox(timeout_s: float) -> Sandbox:
-    return Sandbox(SandboxLimits(timeout_s=timeout_s, cpu_s=max(1, int(timeout_s))))
+def _sandbox(timeout_s: float, level: str = "bwrap") -> Sandbox:
+    return Sandbox(SandboxLimits(timeout_s=timeout_s, cpu_s=max(1, int(timeout_s))), level=level)
 
 
 def run_program(code: str, test_setup_code: str, test_list: Iterable[str], timeout_s: float = 10.0,
@@ -68,14 +68,17 @@ def pass_at_1(
     workers: int | None = None,
     timeout_s: float = 10.0,
     progress: bool = False,
+    sandbox_level: str = "bwrap",
 ) -> dict[str, Any]:
     """pass@1 (percent) of one greedy prediction per instance, with a record per item.
 
     Predictions go through :func:`extract_code`; instance ``meta`` must hold ``test_list`` (and
-    optionally ``test_setup_code``). ``workers`` defaults to the CPU count.
+    optionally ``test_setup_code``). ``workers`` defaults to the CPU count. ``sandbox_level``:
+    ``bwrap`` (contained; raises :class:`~.sandbox.SandboxUnavailable` before anything runs where
+    it cannot be established) or ``process`` (the user's explicit, uncontained opt-in).
     """
-    sandbox = _sandbox(timeout_s)
-    caps = sandbox.capabilities  # probe once, before the pool starts
+    sandbox = _sandbox(timeout_s, sandbox_level)
+    caps = sandbox.capabilities  # probe once, before the pool starts; refuses here, not per item
     todo = [inst for inst in instances if inst.id in predictions]
     for inst in todo:
         if "test_list" not in inst.meta:
@@ -105,5 +108,6 @@ def pass_at_1(
         "missing": n - len(todo),
         "status_counts": dict(Counter(rec["status"] for rec in per_item.values())),
         "sandbox_level": caps.level,
+        "sandbox_contained": caps.contained,
         "per_item": per_item,
     }

@@ -1,70 +1,78 @@
-"""Run untrusted Python (model-generated MBPP solutions) in a contained child process.
+"""Run untrusted Python (model-generated MBPP solutions) in a contained child process -- or refuse to.
 
-Generated code is only ever executed here. Two questions are answered separately:
+This module stays whole (about 500 lines): it is one security boundary, and a reader checking it
+should find every way a run is started, limited, observed and judged in one file. The code that
+runs first inside the sandbox is in :mod:`.sandbox_bootstrap`, the seccomp filter in :mod:`.seccomp`.
 
-**Containment -- can the code harm the host?** Enforced by the operating system, never by Python.
-The strongest level that works on this machine is probed once (see :func:`sandbox_capabilities`):
+**Fail closed.** Two levels exist, and only one of them contains untrusted code:
 
-``bwrap``
-    bubblewrap (0.8+; Debian 12 package ``bubblewrap``): new mount, pid, network, ipc and uts
-    namespaces. The sandbox sees only the system directories (``/usr``, ``/etc``, ``/bin``,
-    ``/lib*``, ``/sbin``, read-only) and the interpreter's prefix; home directories, the project,
-    the data and the caller's ``/tmp`` do not exist inside. The only writable place is a size-capped
-    tmpfs working directory; the network is a private loopback; there is no ``/proc``. All
-    descendants die with the pid namespace.
-``unshare``
-    util-linux ``unshare``: network and pid namespaces (no network; every descendant dies with the
-    namespace) but the host file system, protected only by the unprivileged uid below
-    (world-writable directories such as ``/tmp`` stay writable).
-``process``
-    a plain child process: rlimits, its own process group, the unprivileged uid where possible.
+``bwrap`` (the default; *contained*)
+    bubblewrap (0.8+; Debian package ``bubblewrap``) with new mount, pid, network, ipc and uts
+    namespaces. The child never runs as root: as root on the host, the bootstrap drops to a fresh
+    unprivileged uid per run (``setresuid``, which also makes the process non-dumpable); as a
+    normal user, bubblewrap's user namespace maps the caller's own non-zero uid, without
+    capabilities. Inside, the whole file system is **read-only** (system directories and the
+    interpreter's prefix bound read-only; ``/tmp``, ``/dev`` and the working directory remounted
+    read-only): nothing to fill, nothing to change, no place to put native code to load. There is
+    **no /proc**, so the host's processes, their memory, pipes and namespaces cannot be named.
+    Modules that give Python raw memory access (``_ctypes``, the ``_test*`` extension modules) are
+    replaced by ``/dev/null`` in the sandbox's view and third-party package folders (``site-`` and
+    ``dist-packages``, where ``_cffi_backend`` or GObject bindings live) are empty, so no import
+    route reaches them; solutions get the standard library only. A seccomp filter (:mod:`.seccomp`) refuses ``ptrace``, ``process_vm_readv``,
+    mounts and new namespaces for every process of the run. The network is a private loopback.
+    Home directories, the project, the data and the host's ``/tmp`` do not exist inside. All
+    descendants die with the pid namespace; their resident memory is counted as one tree.
+``process`` (explicit opt-in only; *not contained*)
+    a plain child process with the same rlimits, a process group that is killed, and a fresh uid
+    when running as root and the interpreter is readable to it. It can read and write whatever the
+    uid can, reach the network, and (when no uid drop is possible) read its own memory and forge a
+    pass. It is used only when the user asks for it (``eval.sandbox: process`` or
+    ``--unsafe-sandbox``), and the level is then printed in the results table and stored in
+    metrics.json.
 
-At every level: rlimits (address space, data, CPU seconds, file size, process count, open files,
-no core dumps), a new session whose process group is killed when the run ends (also on success),
-stdin at EOF, a minimal environment, stdout/stderr read with a cap (the run is killed beyond it),
-a wall-clock timeout, a throwaway working directory. Running as root (the CI case), the child
-drops to a fresh unprivileged uid per run: ``RLIMIT_NPROC`` is not enforced for root, and root
-ignores file permissions. Without root the uid cannot change; ``RLIMIT_NPROC`` then counts all the
-user's processes, so it is set to their current number plus ``max_procs``.
+When the ``bwrap`` level cannot be established (bubblewrap missing, no user namespaces, an
+interpreter the sandbox uid cannot read), :class:`SandboxUnavailable` says what is missing and how
+to get it, in one line. There is no silent fallback.
+
+At both levels: rlimits (address space, data, CPU seconds, file size, process count, open files,
+no core dumps), a resident-memory cap for the whole process tree of a run (polled from the host's
+``/proc``), a new session whose process group is killed when the run ends (also on success), stdin
+at EOF, a minimal environment, stdout/stderr read with a cap (the run is killed beyond it), a
+wall-clock timeout. A failure of one run's machinery is that item's ``error``, never the end of the
+evaluation.
 
 **Verdict integrity -- can the code fake a pass?** (:meth:`Sandbox.run_checks`). The pass decision
-is made by the parent and needs a 128-bit random nonce, sent to the child over an inherited pipe
-and written back on another only after the checks ran to completion. Inside the child a
-*guardian* thread reads the nonce before any untrusted code exists, keeps it in a local variable of
-its own frame, runs the asserts (compiled before the untrusted code runs) with a builtins snapshot
-taken before it, and writes the nonce only if ``exec`` of the asserts returned normally; every
-other path ends in ``os._exit(1)``. The solution runs in the main thread. Threat model:
+is made by the parent and needs a 128-bit random nonce, sent over an inherited pipe and written back
+on another only after the asserts ran to completion in the bootstrap's guardian thread (see
+:mod:`.sandbox_bootstrap`). What keeps the nonce from untrusted code at the contained level is the
+operating system: no ``/proc`` (no ``/proc/self/mem``, no other process's memory), no ``ctypes``
+or other raw-memory module in the file system view, no writable place for native code, no
+``ptrace``/``process_vm_readv`` (seccomp), a non-dumpable process (uid drop, as root). Inside the
+process an audit hook additionally refuses frame, garbage-collector and tracing introspection of
+the guardian (CPython 3.11 creates frame objects lazily; the hook keeps them out of reach); it is
+defence in depth, not the barrier.
 
 * prevented: exiting early (``sys.exit``, ``os._exit``, signals, killing the parent), printing a
-  "pass" text (output is never parsed), catching or replacing ``AssertionError`` (``assert`` raises
-  the real class), patching builtins or harness functions (the guardian holds its own references
-  and a builtins snapshot; an unmatched ``except`` still ends in ``os._exit(1)``), ``atexit``
-  hooks, writing guesses to inherited fds (exact match required), forking helpers.
-* reading the nonce is blocked: it never reaches the main thread (so signal handlers, which get
-  main-thread frames, find nothing); an audit hook installed before
-  the solution refuses frame access (``sys._getframe``, ``sys._current_frames``, ``tb_frame``,
-  ``gi_frame``/``cr_frame``/``ag_frame``), tracing/profiling (which could also skip asserts),
-  ``gc`` object graphs, ``ctypes``, new audit hooks (CPython then skips them silently), building
-  code objects (``code.__new__``, ``marshal.loads``; imports compile from source through
-  ``-X pycache_prefix``), and opening ``/proc``;
-  the process is non-dumpable (uid change, else ``prctl``), so other processes cannot read its
-  memory, and at the ``bwrap`` level there is no ``/proc`` at all.
-* cost: in checked runs, solutions cannot print tracebacks (``tb_frame``) or import ``asyncio``
-  (it builds code objects); stdlib imports compile from source (about 0.1 s per heavy module).
+  "pass" text (output is never parsed), catching or replacing ``AssertionError``, patching builtins
+  or harness functions, ``atexit`` hooks, writing guesses to inherited fds (exact match required),
+  forking helpers, reading the nonce by any of the routes above.
 * out of scope: results that really make the assert expressions true -- an object whose ``__eq__``
   always returns True, hard-coding the expected values, patching a module the asserts use. These
-  defeat the benchmark's own definition of correctness, not this harness. CPython has no
-  in-process memory safety: an exploit of an interpreter bug could still read the nonce. Neither
-  affects containment, which does not rely on anything inside the child.
+  defeat the benchmark's own definition of correctness, not this harness. An exploit of a CPython
+  memory-safety bug could still read the nonce from inside the process; it could not leave the
+  sandbox, which relies on nothing inside the child.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import logging
 import marshal
 import os
+import platform
+import resource
 import secrets
 import shutil
 import signal
@@ -75,15 +83,32 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ..errors import UserError
+from .sandbox_bootstrap import BOOTSTRAP
+from .seccomp import seccomp_program
+
 _LOG = logging.getLogger(__name__)
 
-LEVELS = ("bwrap", "unshare", "process")
-SANDBOX_WORKDIR = "/tmp/sandbox"  # the working directory inside a bwrap sandbox
+LEVELS = ("bwrap", "process")
+CONTAINED_LEVELS = ("bwrap",)
+SANDBOX_WORKDIR = "/tmp/sandbox"  # the (read-only, empty) working directory inside a bwrap sandbox
 SANDBOX_UID_BASE = 0x7F000000  # fresh per-run uids (root only) are drawn from [BASE, BASE + SPAN)
 SANDBOX_UID_SPAN = 1 << 24
 SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# Extension modules that hand Python raw memory access; replaced by /dev/null inside the sandbox.
+MASKED_MODULES = ("_ctypes*.so", "_cffi_backend*.so", "_test*.so", "_xxtestfuzz*.so")
+INSTALL_HINT = ("install bubblewrap (apt-get install bubblewrap) and run as root or as a user with "
+                "unprivileged user namespaces")
+OPT_IN_HINT = "or opt in to the uncontained process level at your own risk (--unsafe-sandbox / eval.sandbox: process)"
 _RESULT_CAP = 256  # bytes read back from the result pipe
 _GRACE_S = 5.0  # how long to wait for a killed child and its pipes
+_MEMORY_POLL_S = 0.05
+
+
+class SandboxUnavailable(UserError):
+    """The contained level cannot run here, and the user did not opt in to an uncontained one."""
+
+    exit_code = 7
 
 
 @dataclass(frozen=True)
@@ -91,18 +116,17 @@ class SandboxLimits:
     """Resource limits of one sandboxed run."""
 
     timeout_s: float = field(default=10.0, metadata={"help": "Wall-clock limit, seconds; the run is killed after it."})
-    memory_mb: int = field(default=1024, metadata={"help": "Address-space (and data) limit per process, MiB."})
+    memory_mb: int = field(default=1024, metadata={"help": "Address space per process, and resident memory of the run's whole process tree, MiB."})
     cpu_s: int = field(default=10, metadata={"help": "CPU-time limit per process, seconds (SIGXCPU, then SIGKILL)."})
     max_procs: int = field(default=32, metadata={"help": "Processes+threads the sandbox uid may have (RLIMIT_NPROC)."})
     max_output_bytes: int = field(default=64_000, metadata={"help": "Bytes kept per stream; the run is killed beyond it."})
-    max_file_bytes: int = field(default=10 * 2**20, metadata={"help": "Largest file the code may write (RLIMIT_FSIZE)."})
-    max_disk_bytes: int = field(default=64 * 2**20, metadata={"help": "Size of the writable tmpfs (bwrap level)."})
+    max_file_bytes: int = field(default=10 * 2**20, metadata={"help": "Largest file the code may write (RLIMIT_FSIZE; process level)."})
     max_open_files: int = field(default=256, metadata={"help": "Open file descriptors per process (RLIMIT_NOFILE)."})
 
 
 @dataclass(frozen=True)
 class SandboxResult:
-    """What a run produced. ``status``: passed | failed | timeout | error (the sandbox never started)."""
+    """What a run produced. ``status``: passed | failed | timeout | error (the sandbox itself failed)."""
 
     status: str
     returncode: int | None
@@ -117,12 +141,14 @@ class SandboxResult:
 class SandboxCapabilities:
     """The isolation a :class:`Sandbox` gets on this machine (probed by running the interpreter)."""
 
-    level: str  # "bwrap" | "unshare" | "process"
+    level: str  # "bwrap" | "process"
+    contained: bool  # the level contains untrusted code (only bwrap); False = the user opted in
     network_isolated: bool
-    filesystem_isolated: bool  # only a private tmpfs is writable; home, project, data, /tmp invisible
-    pid_namespace: bool  # every descendant dies with the run
-    uid_dropped: bool  # runs as a fresh unprivileged uid (only possible as root)
+    filesystem_isolated: bool  # read-only view; home, project, data, host /tmp invisible
+    pid_namespace: bool  # every descendant dies with the run; no host /proc
+    uid_dropped: bool  # runs as a fresh unprivileged uid (root on the host)
     nproc_enforced: bool  # RLIMIT_NPROC bounds fork bombs
+    seccomp: bool
     python: str
     notes: tuple[str, ...] = ()
 
@@ -131,172 +157,35 @@ class SandboxCapabilities:
 class _Plan:
     level: str
     drop_uid: bool
+    masks: tuple[str, ...] = ()
+    seccomp: bytes | None = None
 
 
-# ---------------------------------------------------------------------------------------------
-# Code that runs inside the sandbox. It is trusted: it runs before any untrusted code exists.
-# argv: fd_in fd_out mode uid(-1 = keep) rlimits("NAME=V,...") dumpable_via_prctl(0|1)
-# ---------------------------------------------------------------------------------------------
-_BOOTSTRAP = r'''
-import _thread, builtins, marshal, os, resource, sys, types
-
-
-def _setup():
-    for item in sys.argv[5].split(","):
-        name, value = item.split("=")
-        hard = int(value) + 1 if name == "RLIMIT_CPU" else int(value)
-        resource.setrlimit(getattr(resource, name), (int(value), hard))
-    uid = int(sys.argv[4])
-    if uid >= 0:  # root: drop to a fresh uid; the credential change also makes us non-dumpable
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)
-        if os.getresuid() != (uid, uid, uid):
-            os.write(2, b"sandbox: could not drop privileges\n")
-            os._exit(125)
-    elif sys.argv[6] == "1":  # same uid as the parent: forbid other processes to read our memory
-        import ctypes
-        if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
-            os.write(2, b"sandbox: prctl(PR_SET_DUMPABLE) failed\n")
-            os._exit(125)
-        del sys.modules["ctypes"]
-    os.umask(0o077)
-
-
-def _read_payload(fd):
-    chunks = []
-    while True:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(fd)
-    return marshal.loads(b"".join(chunks))
-
-
-def _describe(exc, where):
-    lines = []
-    tb = exc.__traceback__
-    while tb is not None:
-        lines.append(tb.tb_lineno)
-        tb = tb.tb_next
+# The probe proves the contained level's promises from inside before anything is scored.
+_PROBE_CODE = r'''
+import collections, json, math, os, re
+problems = []
+if os.getuid() == 0 or os.geteuid() == 0:
+    problems.append("runs as root")
+if os.path.exists("/proc/self"):
+    problems.append("/proc is visible")
+for name in ("_ctypes", "_testcapi"):
     try:
-        text = str(exc)
-    except BaseException:
-        text = "?"
-    return "%s: %s: %s (line %s)\n" % (where, type(exc).__name__, text[:500], lines[-1] if len(lines) > 1 else "?")
-
-
-def _install_audit_hook():
-    stat, fsdecode = os.stat, os.fsdecode
+        __import__(name)
+    except ImportError:
+        pass
+    else:
+        problems.append(name + " is importable")
+for path in (".", "/tmp", "/dev/shm"):
     try:
-        proc_dev = os.stat("/proc").st_dev if os.path.isdir("/proc/self") else None
+        open(os.path.join(path, "probe-write"), "w").close()
     except OSError:
-        proc_dev = None
-    refused = frozenset((
-        "sys._current_frames", "sys._current_exceptions", "sys.settrace", "sys.setprofile",
-        "sys.addaudithook", "sys.monitoring.register_callback", "gc.get_objects", "gc.get_referrers",
-        "gc.get_referents", "code.__new__", "marshal.loads", "marshal.load", "sys.remote_exec",
-    ))
-    frame_attrs = frozenset(("tb_frame", "gi_frame", "cr_frame", "ag_frame"))
-
-    class SandboxRefused(PermissionError):
         pass
-
-    class FrameRefused(ValueError):  # ValueError: namedtuple, enum, typing, logging fall back on it
-        pass
-
-    def hook(event, args):
-        if event == "sys._getframe":
-            raise FrameRefused("frame access is disabled in the sandbox")
-        if event in refused or event.startswith("ctypes."):
-            raise SandboxRefused(event + " is disabled in the sandbox")
-        if event == "object.__getattr__" and args[1] in frame_attrs:
-            raise SandboxRefused(args[1] + " is disabled in the sandbox")
-        if event == "import" and args[0].split(".")[0] in ("ctypes", "_ctypes"):
-            raise SandboxRefused("ctypes is disabled in the sandbox")
-        if event == "open" and proc_dev is not None and isinstance(args[0], (str, bytes)):
-            try:
-                dev = stat(fsdecode(args[0])).st_dev
-            except (OSError, ValueError):
-                return
-            if dev == proc_dev:
-                raise SandboxRefused("/proc is not readable in the sandbox")
-
-    sys.addaudithook(hook)
-
-
-def _guardian(fd_in, fd_out, box, ready, go):
-    # Everything used after the untrusted code starts is bound here, before it exists.
-    write, close, exit_, exec_, compile_, describe = os.write, os.close, os._exit, exec, compile, _describe
-    try:
-        payload = _read_payload(fd_in)
-        nonce = payload["nonce"].encode("ascii")
-        write(fd_out, b"R")
-        pristine = dict(builtins.__dict__)
-        ns = {"__name__": "__main__", "__builtins__": builtins}
-        try:
-            code = compile_(payload["code"], "<solution>", "exec")
-            setup = compile_(payload["setup"], "<setup>", "exec")
-            checks = compile_(payload["checks"], "<checks>", "exec")
-        except BaseException as exc:
-            write(2, describe(exc, "compile").encode("utf-8", "replace"))
-            exit_(1)
-        payload = None
-        box.extend((code, setup, ns))
-        ready.release()
-        go.acquire()
-        ns["__builtins__"] = pristine
-        try:
-            exec_(checks, ns)
-        except BaseException as exc:
-            write(2, describe(exc, "checks").encode("utf-8", "replace"))
-            exit_(1)
-        else:
-            write(fd_out, nonce)
-            exit_(0)
-    finally:
-        exit_(1)
-
-
-def _main_checked(fd_in, fd_out):
-    exit_, describe, write = os._exit, _describe, os.write
-    box = []
-    ready, go, never = _thread.allocate_lock(), _thread.allocate_lock(), _thread.allocate_lock()
-    ready.acquire()
-    go.acquire()
-    never.acquire()
-    _thread.start_new_thread(_guardian, (fd_in, fd_out, box, ready, go))
-    ready.acquire()  # the guardian holds the nonce and the compiled code; nothing untrusted has run
-    _install_audit_hook()
-    code, setup, ns = box
-    box.clear()
-    try:
-        exec(code, ns)
-        exec(setup, ns)
-    except BaseException as exc:
-        write(2, describe(exc, "solution").encode("utf-8", "replace"))
-        exit_(1)
-    go.release()
-    never.acquire()  # the guardian ends the process
-
-
-def _main_raw(fd_in, fd_out):
-    code = _read_payload(fd_in)["code"]
-    os.write(fd_out, b"R")
-    os.close(fd_out)
-    ns = {"__name__": "__main__", "__builtins__": builtins}
-    exec(compile(code, "<sandbox>", "exec"), ns)
-
-
-_setup()
-if sys.argv[3] == "checks":
-    _main_checked(int(sys.argv[1]), int(sys.argv[2]))
-else:
-    _main_raw(int(sys.argv[1]), int(sys.argv[2]))
+    else:
+        problems.append(path + " is writable")
+print("ok" if not problems else "; ".join(problems))
 '''
-
-_PROBE_CODE = "import collections, json, math, re\nprint('ok')\n"
+_PROBE_CODE_PROCESS = "import collections, json, math, re\nprint('ok')\n"
 
 _KILL_UID = "import os,sys\nu=int(sys.argv[1])\nos.setgroups([])\nos.setresgid(u,u,u)\nos.setresuid(u,u,u)\nos.kill(-1,9)\n"
 
@@ -317,6 +206,23 @@ def _python_roots(python: str) -> list[str]:
     return sorted({r for r in roots if not any(r == s or r.startswith(s + "/") for s in ("/usr", "/bin", "/lib"))})
 
 
+def _masked_paths(python: str) -> tuple[str, ...]:
+    """What to hide inside the sandbox: raw-memory extension modules and third-party package folders.
+
+    Files matching :data:`MASKED_MODULES` in ``lib-dynload`` become ``/dev/null``; ``site-packages``
+    and ``dist-packages`` (the system's too: Debian's python3.11 modules would load into our 3.11)
+    become empty. Solutions run with the standard library only.
+    """
+    bases = [*_python_roots(python), "/usr", "/usr/local"]
+    found: set[str] = set()
+    for base in bases:
+        for pattern in MASKED_MODULES:
+            found.update(glob.glob(os.path.join(base, "lib*", "python3*", "lib-dynload", pattern)))
+        for sub in ("site-packages", "dist-packages"):
+            found.update(glob.glob(os.path.join(base, "lib*", "python3*", sub)))
+    return tuple(sorted({os.path.realpath(f) for f in found if os.path.exists(f)}))
+
+
 def _user_process_count() -> int:
     uid, n = os.getuid(), 0
     try:
@@ -330,12 +236,12 @@ def _user_process_count() -> int:
     return n
 
 
-def _bwrap_args(bwrap: str, python: str, root: bool, limits: SandboxLimits) -> list[str]:
+def _bwrap_args(bwrap: str, python: str, root: bool, plan: _Plan, seccomp_fd: int | None) -> list[str]:
     args = [bwrap, "--die-with-parent", "--new-session"]
     if root:  # privileged: keep only what the bootstrap needs to drop to the sandbox uid
         args += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
                  "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-    else:
+    else:  # a user namespace mapping the caller's own (non-zero) uid, without capabilities
         args += ["--unshare-all"]
     present = {"/"}
     for d in SYSTEM_DIRS:
@@ -354,46 +260,50 @@ def _bwrap_args(bwrap: str, python: str, root: bool, limits: SandboxLimits) -> l
                 args += ["--perms", "0755", "--dir", anc]
                 present.add(anc)
         args += ["--ro-bind", r, r]
-    args += ["--dev", "/dev", "--perms", "0755", "--size", "65536", "--tmpfs", "/tmp",
-             "--perms", "0777", "--size", str(limits.max_disk_bytes), "--tmpfs", SANDBOX_WORKDIR,
-             "--remount-ro", "/tmp", "--chdir", SANDBOX_WORKDIR,
-             "--setenv", "HOME", SANDBOX_WORKDIR, "--setenv", "TMPDIR", SANDBOX_WORKDIR, "--"]
-    return args
-
-
-def _unshare_args(unshare: str, root: bool) -> list[str]:
-    args = [unshare, "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
-    if not root:
-        args[1:1] = ["--user", "--map-root-user"]
+    for path in plan.masks:
+        if os.path.isdir(path):
+            args += ["--perms", "0755", "--tmpfs", path, "--remount-ro", path]
+        else:
+            args += ["--ro-bind", "/dev/null", path]
+    args += ["--dev", "/dev", "--remount-ro", "/dev",
+             "--perms", "0755", "--size", "65536", "--tmpfs", "/tmp",
+             "--perms", "0755", "--dir", SANDBOX_WORKDIR, "--remount-ro", "/tmp", "--chdir", SANDBOX_WORKDIR,
+             "--setenv", "HOME", SANDBOX_WORKDIR, "--setenv", "TMPDIR", SANDBOX_WORKDIR]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
     return args + ["--"]
 
 
 class Sandbox:
-    """Runs Python source under :class:`SandboxLimits` at the strongest available isolation level."""
+    """Runs Python source under :class:`SandboxLimits`: contained (``bwrap``) unless the caller opts out.
+
+    ``level="bwrap"`` (default) refuses with :class:`SandboxUnavailable` where containment cannot be
+    established; ``level="process"`` is the explicit, uncontained opt-in.
+    """
 
     def __init__(self, limits: SandboxLimits | None = None, python: str | None = None,
-                 level: str | None = None) -> None:
-        if level is not None and level not in LEVELS:
+                 level: str = "bwrap") -> None:
+        if level not in LEVELS:
             raise ValueError(f"unknown sandbox level {level!r}; choose one of {', '.join(LEVELS)}")
         self.limits = limits or SandboxLimits()
         self.python = python or _base_python()
-        self.level = level  # None: the strongest that works; a name: at most that strong (for tests)
+        self.level = level
         self._caps: SandboxCapabilities | None = None
         self._plan: _Plan | None = None
 
     @property
     def capabilities(self) -> SandboxCapabilities:
-        """What this machine allows (probed once per interpreter and level, then kept on this object)."""
+        """What this machine gives the requested level (probed once per interpreter and level)."""
         return self._probed()[1]
 
     def _probed(self) -> tuple[_Plan, SandboxCapabilities]:
         if self._plan is None or self._caps is None:
-            self._plan, self._caps = _probe(self.python, self.level)
+            self._plan, self._caps = _probe(self.python, self.level, shutil.which("bwrap"))
         return self._plan, self._caps
 
     def run(self, code: str) -> SandboxResult:
         """Execute ``code``; ``passed`` means it exited with status 0 within the limits."""
-        return _execute(self._probed()[0], self.python, self.limits, "raw", {"code": code})
+        return _execute_safely(self._probed()[0], self.python, self.limits, "raw", {"code": code})
 
     def run_checks(self, code: str, checks: str, setup: str = "") -> SandboxResult:
         """Execute ``code``, then ``setup``, then ``checks``; ``passed`` only if the checks completed.
@@ -403,57 +313,55 @@ class Sandbox:
         """
         nonce = secrets.token_hex(16)
         payload = {"code": code, "setup": setup, "checks": checks, "nonce": nonce}
-        return _execute(self._probed()[0], self.python, self.limits, "checks", payload, expect=b"R" + nonce.encode())
-
-
-def _candidates(root: bool, level: str | None) -> list[_Plan]:
-    if root:
-        plans = [_Plan("bwrap", True), _Plan("unshare", True), _Plan("process", True),
-                 _Plan("unshare", False), _Plan("process", False)]
-    else:
-        plans = [_Plan("bwrap", False), _Plan("unshare", False), _Plan("process", False)]
-    floor = LEVELS.index(level) if level is not None else 0
-    return [p for p in plans if LEVELS.index(p.level) >= floor]
+        return _execute_safely(self._probed()[0], self.python, self.limits, "checks", payload,
+                               expect=b"R" + nonce.encode())
 
 
 @functools.cache
-def _probe(python: str, level: str | None = None) -> tuple[_Plan, SandboxCapabilities]:
-    """Try each isolation plan, strongest first, by running a tiny program; keep the first that works."""
+def _probe(python: str, level: str, bwrap: str | None) -> tuple[_Plan, SandboxCapabilities]:
+    """Establish the requested level by running a probe program; refuse (bwrap) or warn (process)."""
     root = os.geteuid() == 0
     limits = SandboxLimits(timeout_s=30.0)
-    tried: list[str] = []
-    for plan in _candidates(root, level):
-        tool = {"bwrap": shutil.which("bwrap"), "unshare": shutil.which("unshare"), "process": "-"}[plan.level]
-        if tool is None:
-            tried.append(f"{plan.level}: not installed")
-            continue
+    if level == "bwrap":
+        plan = _bwrap_plan(python, bwrap, root)
         res = _execute(plan, python, limits, "raw", {"code": _PROBE_CODE})
+        if res.status != "passed" or res.stdout.strip() != "ok":
+            why = res.stdout.strip() or (res.stderr.strip().splitlines() or [res.detail])[-1][:200]
+            raise SandboxUnavailable(f"model-written code needs a contained sandbox, but bubblewrap does not work "
+                                     f"here ({why}); {INSTALL_HINT}, {OPT_IN_HINT}")
+        return plan, _caps(plan, python, root, ())
+    tried: list[str] = []
+    for plan in ([_Plan("process", True), _Plan("process", False)] if root else [_Plan("process", False)]):
+        res = _execute(plan, python, limits, "raw", {"code": _PROBE_CODE_PROCESS})
         if res.status == "passed" and res.stdout.strip() == "ok":
             break
-        why = (res.stderr.strip().splitlines() or [res.detail])[-1][:200]
-        tried.append(f"{plan.level}{' + uid drop' if plan.drop_uid else ''}: {why}")
+        tried.append(f"{'uid drop' if plan.drop_uid else 'same uid'}: "
+                     f"{(res.stderr.strip().splitlines() or [res.detail])[-1][:200]}")
     else:
-        raise RuntimeError(f"no sandbox level can run {python}: {'; '.join(tried)}")
-    caps = SandboxCapabilities(
-        level=plan.level,
-        network_isolated=plan.level != "process",
-        filesystem_isolated=plan.level == "bwrap",
-        pid_namespace=plan.level != "process",
-        uid_dropped=plan.drop_uid,
-        nproc_enforced=plan.drop_uid or not root,
-        python=python,
-        notes=tuple(tried),
-    )
-    if plan.level != "bwrap":
-        _LOG.warning(
-            "sandbox level %r (stronger levels unavailable: %s): %sthe host file system is protected only by "
-            "file permissions (/tmp stays writable; install bubblewrap)", plan.level, "; ".join(tried) or f"{level!r} requested",
-            "" if caps.network_isolated else "no network namespace, ",
-        )
-    if not caps.nproc_enforced:
-        _LOG.warning("sandbox runs as root without a uid change: RLIMIT_NPROC is ignored, fork bombs are bounded "
-                     "only by the timeout")
-    return plan, caps
+        raise SandboxUnavailable(f"no sandbox can run {python}: {'; '.join(tried)}")
+    _LOG.warning("UNSAFE sandbox (opted in): model-written code runs as a plain process%s, with the host file "
+                 "system and network reachable; scores are not protected against forged passes",
+                 "" if plan.drop_uid else " with the evaluator's own uid")
+    return plan, _caps(plan, python, root, tuple(tried))
+
+
+def _bwrap_plan(python: str, bwrap: str | None, root: bool) -> _Plan:
+    if bwrap is None:
+        raise SandboxUnavailable(f"model-written code needs a contained sandbox, but bubblewrap is not installed; "
+                                 f"{INSTALL_HINT}, {OPT_IN_HINT}")
+    program = seccomp_program()
+    if program is None:
+        raise SandboxUnavailable(f"the sandbox's seccomp filter does not describe this machine ({platform.machine()}); "
+                                 f"{OPT_IN_HINT}")
+    return _Plan("bwrap", root, _masked_paths(python), program)
+
+
+def _caps(plan: _Plan, python: str, root: bool, notes: tuple[str, ...]) -> SandboxCapabilities:
+    contained = plan.level in CONTAINED_LEVELS
+    return SandboxCapabilities(
+        level=plan.level, contained=contained, network_isolated=contained, filesystem_isolated=contained,
+        pid_namespace=contained, uid_dropped=plan.drop_uid, nproc_enforced=plan.drop_uid or not root,
+        seccomp=plan.seccomp is not None, python=python, notes=notes)
 
 
 def _rlimits(limits: SandboxLimits) -> str:
@@ -500,49 +408,114 @@ class _Reader(threading.Thread):
             os.close(self.fd)
 
 
+def tree_rss_bytes(root_pid: int) -> int:
+    """Resident memory of ``root_pid`` and all its descendants (from the host's /proc; shared pages count per process).
+
+    Why not a cgroup: creating one needs a delegated cgroup tree, which containers and CI runners
+    rarely give; the parent can always read /proc. Over-counting shared pages errs on the safe side.
+    """
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(b")") + 2:].split()
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        rss[pid] = int(fields[21])
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, ()))
+    return total * resource.getpagesize()
+
+
+class _MemoryGuard(threading.Thread):
+    """Kill the run when its process tree holds more resident memory than the cap (per item, not per process)."""
+
+    def __init__(self, pid: int, cap_bytes: int, kill) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.cap, self.kill = pid, cap_bytes, kill
+        self.stop = threading.Event()
+        self.exceeded = False
+        self.peak = 0
+
+    def run(self) -> None:
+        while not self.stop.wait(_MEMORY_POLL_S):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                used = tree_rss_bytes(self.pid)
+                self.peak = max(self.peak, used)
+                if used > self.cap:
+                    self.exceeded = True
+                    self.kill()
+                    return
+
+
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
 
 
 def _command(plan: _Plan, python: str, limits: SandboxLimits, mode: str, uid: int, workdir: str,
-             fds: tuple[int, int]) -> tuple[list[str], dict[str, str]]:
+             fds: tuple[int, ...]) -> tuple[list[str], dict[str, str]]:
     """The argv and environment of one run: isolation wrapper, interpreter flags, bootstrap."""
     if plan.level == "bwrap":
-        wrapper = _bwrap_args(shutil.which("bwrap") or "bwrap", python, os.geteuid() == 0, limits)
+        wrapper = _bwrap_args(shutil.which("bwrap") or "bwrap", python, os.geteuid() == 0, plan,
+                              fds[2] if len(fds) > 2 else None)
         home = SANDBOX_WORKDIR
     else:
-        wrapper = _unshare_args(shutil.which("unshare") or "unshare", os.geteuid() == 0) if plan.level == "unshare" else []
-        home = workdir
-    flags = ["-I", "-S", "-u"]
+        wrapper, home = [], workdir
+    flags = ["-I", "-S", "-u", "-B"]
     if mode == "checks":  # no .pyc loading, so marshal.loads can be refused (see the threat model)
-        flags += ["-B", "-X", "pycache_prefix=/nonexistent/pycache"]
-    argv = [*wrapper, python, *flags, "-c", _BOOTSTRAP, str(fds[0]), str(fds[1]), mode, str(uid),
-            _rlimits(limits), "1" if (uid < 0 and mode == "checks") else "0"]
+        flags += ["-X", "pycache_prefix=/nonexistent/pycache"]
+    dumpable_via_prctl = uid < 0 and mode == "checks" and plan.level == "process"
+    argv = [*wrapper, python, *flags, "-c", BOOTSTRAP, str(fds[0]), str(fds[1]), mode, str(uid),
+            _rlimits(limits), "1" if dumpable_via_prctl else "0"]
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": home, "TMPDIR": home}
     return argv, env
+
+
+def _execute_safely(plan: _Plan, python: str, limits: SandboxLimits, mode: str, payload: dict[str, str],
+                    expect: bytes | None = None) -> SandboxResult:
+    """:func:`_execute`, with any failure of the machinery turned into this item's ``error``."""
+    try:
+        return _execute(plan, python, limits, mode, payload, expect)
+    except Exception as exc:  # noqa: BLE001 - one item's failure must not end the evaluation
+        return SandboxResult("error", None, "", "", 0.0, detail=f"sandbox failure: {type(exc).__name__}: {exc}"[:300])
 
 
 def _execute(plan: _Plan, python: str, limits: SandboxLimits, mode: str, payload: dict[str, str],
              expect: bytes | None = None) -> SandboxResult:
     """One run in a fresh working directory; the child's process group is killed before returning."""
     uid = SANDBOX_UID_BASE + secrets.randbelow(SANDBOX_UID_SPAN) if plan.drop_uid else -1
-    with tempfile.TemporaryDirectory(prefix="promptintern-sandbox-") as workdir:
-        if uid >= 0 and plan.level != "bwrap":
+    with tempfile.TemporaryDirectory(prefix="promptintern-sandbox-", ignore_cleanup_errors=True) as workdir:
+        if uid >= 0 and plan.level == "process":
             os.chown(workdir, uid, uid)
         fd_in_r, fd_in_w = os.pipe()  # payload (code, nonce) -> child
         fd_out_r, fd_out_w = os.pipe()  # "R" (started), then the nonce <- child
-        argv, env = _command(plan, python, limits, mode, uid, workdir, (fd_in_r, fd_out_w))
+        fds = [fd_in_r, fd_out_w]
+        if plan.seccomp is not None and plan.level == "bwrap":
+            sc_r, sc_w = os.pipe()
+            os.write(sc_w, plan.seccomp)  # a few hundred bytes: fits the pipe buffer
+            os.close(sc_w)
+            fds.append(sc_r)
+        argv, env = _command(plan, python, limits, mode, uid, workdir, tuple(fds))
         start = time.monotonic()
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    pass_fds=(fd_in_r, fd_out_w), start_new_session=True, cwd=workdir, env=env)
+                                    pass_fds=tuple(fds), start_new_session=True, cwd=workdir, env=env)
         except OSError as exc:
-            for fd in (fd_in_r, fd_in_w, fd_out_r, fd_out_w):
+            for fd in (*fds, fd_in_w, fd_out_r):
                 os.close(fd)
             return SandboxResult("error", None, "", str(exc), time.monotonic() - start, detail="could not start")
-        os.close(fd_in_r)
-        os.close(fd_out_w)
+        for fd in fds:
+            os.close(fd)
         killed = threading.Event()
 
         def kill() -> None:
@@ -552,10 +525,11 @@ def _execute(plan: _Plan, python: str, limits: SandboxLimits, mode: str, payload
         out = _Reader(os.dup(proc.stdout.fileno()), limits.max_output_bytes, kill)  # type: ignore[union-attr]
         err = _Reader(os.dup(proc.stderr.fileno()), limits.max_output_bytes, kill)  # type: ignore[union-attr]
         res = _Reader(fd_out_r, _RESULT_CAP)
+        memory = _MemoryGuard(proc.pid, limits.memory_mb * 2**20, kill)
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
         writer = threading.Thread(target=_write_all, args=(fd_in_w, marshal.dumps(payload)), daemon=True)
-        for t in (out, err, res, writer):
+        for t in (out, err, res, writer, memory):
             t.start()
         timed_out = False
         try:
@@ -563,11 +537,16 @@ def _execute(plan: _Plan, python: str, limits: SandboxLimits, mode: str, payload
         except subprocess.TimeoutExpired:
             timed_out = not killed.is_set()
         finally:
+            memory.stop.set()
             _reap(proc, python, uid if plan.level == "process" else -1)
         wall = time.monotonic() - start
-        for t in (out, err, res, writer):
+        for t in (out, err, res, writer, memory):
             t.join(timeout=_GRACE_S)
-    return _classify(proc.returncode, out, err, bytes(res.data), expect, timed_out, wall)
+    result = _classify(proc.returncode, out, err, bytes(res.data), expect, timed_out, wall)
+    if memory.exceeded and result.status != "passed":
+        return SandboxResult("failed", result.returncode, result.stdout, result.stderr, wall, result.truncated,
+                             f"memory limit ({limits.memory_mb} MiB for the whole run)")
+    return result
 
 
 def _reap(proc: subprocess.Popen, python: str, sweep_uid: int) -> None:
@@ -621,9 +600,9 @@ def _classify(rc: int | None, out: _Reader, err: _Reader, result: bytes, expect:
     return SandboxResult(status, rc, stdout, stderr, wall, truncated, detail)
 
 
-def sandbox_capabilities(python: str | None = None) -> SandboxCapabilities:
-    """The isolation level this machine gives the sandbox (probed once per interpreter)."""
-    return Sandbox(python=python).capabilities
+def sandbox_capabilities(python: str | None = None, level: str = "bwrap") -> SandboxCapabilities:
+    """The isolation the sandbox gets here at ``level`` (probed once per interpreter); may raise SandboxUnavailable."""
+    return Sandbox(python=python, level=level).capabilities
 
 
 def run_python(
@@ -635,13 +614,15 @@ def run_python(
     max_procs: int = 32,
     max_output_bytes: int = 64_000,
     max_file_bytes: int = 10 * 2**20,
+    level: str = "bwrap",
 ) -> SandboxResult:
     """Run ``code`` in a fresh sandbox; ``passed`` iff it exits with status 0 within the limits."""
     limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=cpu_s, max_procs=max_procs,
                            max_output_bytes=max_output_bytes, max_file_bytes=max_file_bytes)
-    return Sandbox(limits).run(code)
+    return Sandbox(limits, level=level).run(code)
 
 
-def run_checks(code: str, checks: str, *, setup: str = "", limits: SandboxLimits | None = None) -> SandboxResult:
+def run_checks(code: str, checks: str, *, setup: str = "", limits: SandboxLimits | None = None,
+               level: str = "bwrap") -> SandboxResult:
     """Run ``code``, ``setup`` then ``checks`` (asserts); ``passed`` iff the checks completed (nonce verified)."""
-    return Sandbox(limits).run_checks(code, checks, setup)
+    return Sandbox(limits, level=level).run_checks(code, checks, setup)
