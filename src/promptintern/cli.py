@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("show-prompt", help="print a task's full prompt and a table of tokens per part")
-    p.add_argument("--task", required=True, help="nl2bash, mbpp or a YAML task spec")
+    p.add_argument("--task", required=True, help="nl2bash, mbpp, geoquery or a YAML task spec")
     p.add_argument("--index", type=int, default=0, help="test instance to show")
     p.add_argument("--k", type=int, default=3, help="retrieved examples to include")
     p.add_argument("--data-dir", default=None)

@@ -46,8 +46,8 @@ class DataArgs:
 class RunConfig:
     """A complete promptintern run: prepare → train → infer → evaluate → report."""
 
-    task: str = field(default="nl2bash", metadata={"help": "Task name (nl2bash, mbpp) or path to a YAML task spec."})
-    task_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "Options of the task (e.g. NL2Bash train_size/test_size/seed of the split)."})
+    task: str = field(default="nl2bash", metadata={"help": "Task name (nl2bash, mbpp, geoquery) or path to a YAML task spec."})
+    task_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "Options of the task (e.g. NL2Bash train_size/test_size/seed of the split, GeoQuery split: question | query)."})
     data_dir: str | None = field(default=None, metadata={"help": "Data directory; default $PROMPTINTERN_DATA_DIR."})
     model: str = field(default="smollm2-135m", metadata={"help": "Base model: alias (smollm2-135m, tiny-random), local HF directory or hub id."})
     method: str = field(default="promptintern", metadata={"help": "Method to train and serve (see promptintern.methods).", "choices": METHOD_NAMES})
