@@ -73,3 +73,34 @@ def test_infer_and_eval_cli_round_trip(finished_run, tmp_path, capsys):
 def test_export_of_a_run(finished_run, tmp_path):
     assert main(["export", "--run", str(finished_run), "--out", str(tmp_path / "merged"), "--merge"]) == 0
     assert (tmp_path / "merged" / "config.json").is_file() and (tmp_path / "merged" / "README.md").is_file()
+
+
+def test_test_time_retrieval_keeps_a_training_example_that_shares_the_query_id(tmp_path):
+    """A test query's id may equal a training instance's id (custom tasks, `infer` numbering
+    0, 1, …) without being that instance: its examples must not depend on the id."""
+    from promptintern.config import load_config
+    from promptintern.pipeline import prepare, serving_messages
+    from promptintern.tasks.base import Instance
+
+    cfg = load_config(str(write_config(tmp_path / "c.yaml", tiny_run_config(tmp_path / "run"))))
+    prep = prepare(cfg)
+    target = prep.train[0]
+    query = target.query.rstrip(".?") + " please?"  # closest to `target`, not a copy of it
+    by_id = {}
+    for qid in (target.id, "another-id"):
+        (_, messages), = serving_messages(prep, [Instance(id=qid, query=query, answer="")], 1.0, 1)
+        by_id[qid] = messages
+    assert by_id[target.id] == by_id["another-id"]
+    assert target.answer in by_id["another-id"][-1]["content"]
+
+
+@pytest.mark.parametrize("method, schedule", [
+    ("promptintern", {"stages": 1, "k": 1}),
+    ("promptintern", {"stages": 2, "k": 1, "shape": "custom", "custom_tau": [1.0, 0.5], "k_shape": "linear"}),
+    ("examples-only", {"stages": 2, "k": 2, "k_shape": "custom", "custom_k": [2, 1]}),
+])
+def test_a_schedule_must_end_at_the_served_prompt(tmp_path, capsys, method, schedule):
+    cfg = write_config(tmp_path / "c.yaml", tiny_run_config(tmp_path / "run", method=method, schedule=schedule))
+    assert main(["config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"method {method!r} is served at" in err and "\n" not in err

@@ -24,6 +24,7 @@ from promptintern.retrieve import (
     tokenize,
 )
 from promptintern.tasks.base import Instance
+from promptintern.tasks.nl2bash import nl_key
 
 PARAPHRASES = Path(__file__).parent / "data" / "paraphrases.jsonl"
 
@@ -69,6 +70,13 @@ def test_topk_excludes_self_and_duplicates(bm25):
     assert len(got) == len(POOL) - 2
 
 
+def test_near_copies_of_a_request_are_excluded():
+    pool = make_pool(["List all files.", "list all  files", "show the date", "list all files in tmp"])
+    r = Retriever.build(pool, RetrieveConfig())
+    assert ids(r.topk("list all files", 4)) == ["p3", "p2"]
+    assert ids(retrieve_all(r, pool, 4, same_pool=True)["p0"]) == ["p3", "p2"]
+
+
 def test_topk_ranks_by_similarity(bm25):
     assert ids(bm25.topk("how many lines in file.txt", 2)) == ["p1", "p5"]
     assert bm25.topk("delete the empty directories under /tmp please", 1)[0].id == "p3"
@@ -106,18 +114,20 @@ QUERY_TEXTS = ["list files", "list all files", "show the date", "delete tmp file
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    picks=st.lists(st.tuples(st.sampled_from(QUERY_TEXTS), st.sampled_from(["", " ", "  "])), min_size=1, max_size=9),
+    picks=st.lists(st.tuples(st.sampled_from(QUERY_TEXTS), st.sampled_from(["", " ", "  "]),
+                             st.sampled_from(["", ".", "?", " !"]), st.booleans()), min_size=1, max_size=9),
     k=st.integers(0, 10),
 )
 def test_never_self_or_duplicate(picks, k):
-    pool = make_pool([pad + text + pad for text, pad in picks])
+    """Near-copies (case, spacing, final punctuation: the key NL2Bash groups its split by) count as the same request."""
+    pool = make_pool([pad + (text.upper() if upper else text) + end + pad for text, pad, end, upper in picks])
     r = Retriever.build(pool, RetrieveConfig())
     results = retrieve_all(r, pool, k, same_pool=True)
     for inst in pool:
         got = results[inst.id]
         assert inst.id not in ids(got)
-        assert all(g.query.strip() != inst.query.strip() for g in got)
-        eligible = sum(p.query.strip() != inst.query.strip() for p in pool)
+        assert all(nl_key(g.query) != nl_key(inst.query) for g in got)
+        eligible = sum(nl_key(p.query) != nl_key(inst.query) for p in pool)
         assert len(got) == min(k, eligible)
         assert len(set(ids(got))) == len(got)
     assert retrieve_all(r, pool, k, same_pool=True) == results  # deterministic

@@ -185,6 +185,11 @@ class TrainArgs:
     def uses_teacher(self) -> bool:
         return self.loss in KL_LOSSES
 
+    def identity_skip(self) -> tuple[str, ...]:
+        """Fields left out of this run's identity: the KL fields when no teacher is used (so runs
+        made before they existed still resume)."""
+        return () if self.uses_teacher() else KL_FIELDS
+
     def for_stage(self, index: int) -> TrainArgs:
         """These arguments with stage ``index``'s overrides applied (type-checked and validated)."""
         changes = self.stage_overrides.get(index)
@@ -223,3 +228,4 @@ class EvalArgs:
     workers: int | None = field(default=None, metadata={"help": "Parallel sandboxes for MBPP (default: CPU count).", "volatile": True})
     timeout_s: float = field(default=10.0, metadata={"help": "Wall-clock limit per MBPP program, seconds."})
     bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for 95% confidence intervals."})
+    sandbox: str = field(default="bwrap", metadata={"help": "Where model-written code runs (MBPP): 'bwrap', contained, refuses to run where it cannot be established; 'process', uncontained, only as an explicit opt-in (shown in every table and stored in metrics.json).", "choices": ("bwrap", "process"), "volatile": True})

@@ -7,18 +7,17 @@ Each component owns its own dataclass (``Schedule``, ``CompressConfig``, ``Retri
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-from .args import KL_FIELDS, EvalArgs, InferArgs, LoraArgs, TrainArgs
+from .args import EvalArgs, InferArgs, LoraArgs, TrainArgs
 from .compress import CompressConfig
 from .configtools import apply_overrides, from_dict, load_yaml, to_dict
 from .errors import ConfigError
-from .methods import METHOD_NAMES
+from .identity import as_json, fingerprint, identity_view
+from .methods import METHOD_NAMES, plan
 from .retrieve import RetrieveConfig
 from .schedule import Schedule
 from .stages import STAGE_MODES
@@ -53,7 +52,7 @@ class RunConfig:
     method: str = field(default="promptintern", metadata={"help": "Method to train and serve (see promptintern.methods).", "choices": METHOD_NAMES})
     compressed_tau: float = field(default=0.3, metadata={"help": "Template rate the 'compressed' baseline trains and serves with."})
     baselines: list[str] = field(default_factory=lambda: ["base-full"], metadata={"help": "Untrained references served on the same test set: base-full (base model, full prompt), base-query (base model, query alone)."})
-    output_dir: str = field(default="runs/default", metadata={"help": "Run directory (config, stages, checkpoints, predictions, report)."})
+    output_dir: str = field(default="runs/default", metadata={"help": "Run directory (config, stages, checkpoints, predictions, report).", "volatile": True})
     data: DataArgs = field(default_factory=DataArgs, metadata={"help": "Instance selection."})
     schedule: Schedule = field(default_factory=Schedule, metadata={"help": "Stage schedule of τ and k."})
     compress: CompressConfig = field(default_factory=CompressConfig, metadata={"help": "Template compressor."})
@@ -69,6 +68,7 @@ class RunConfig:
             raise ConfigError(f"baselines: unknown {bad[0]!r}; choose from {', '.join(BASELINES)}")
         if not 0.0 <= self.compressed_tau <= 1.0:
             raise ConfigError(f"compressed_tau must be in [0, 1], got {self.compressed_tau}")
+        plan(self.method, self.schedule, self.compressed_tau)  # the schedule must end where the method is served
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -77,15 +77,12 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes results (not output_dir, progress or threads)."""
-        d = self.to_dict()
-        d.pop("output_dir", None)
-        for section, key in (("infer", "progress"), ("infer", "num_threads"), ("train", "num_threads"), ("train", "report_to")):
-            d.get(section, {}).pop(key, None)
-        if d.get("train", {}).get("loss") == "ce":  # KL-only fields: fingerprints of older CE runs stay valid
-            for key in KL_FIELDS:
-                d["train"].pop(key, None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """Hash of everything that changes results: every field not marked ``volatile``."""
+        return fingerprint(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields :meth:`fingerprint` hashes, as JSON reads them back (to name what differs)."""
+        return as_json(identity_view(self))
 
 
 def load_config(path: str | None, overrides: list[str] | None = None) -> RunConfig:

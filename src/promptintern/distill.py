@@ -50,6 +50,7 @@ from .args import KL_LOSSES, SELF_TEACHER, teacher_kind
 from .errors import ConfigError, DataError, ModelError
 from .io import atomic_path
 from .prompt import IGNORE_INDEX
+from .shared_prefix import SharedPrefixUnsupported, check_mode, prefix_then_suffix, shared_prefix_length
 
 CACHE_DIR = "teacher-cache"
 _TOPK_CHUNK = 1024  # answer positions reduced to top-k at a time (bounds the temporary [chunk, V] copies)
@@ -99,12 +100,25 @@ def _head_rows(head: torch.nn.Module, keep: torch.Tensor) -> Iterator[None]:
 
 
 def answer_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """LM-head logits at the answer positions only, flattened row by row ``[N, V]``, and their targets ``[N]``."""
+                  labels: torch.Tensor, shared_prefix: str = "off") -> tuple[torch.Tensor, torch.Tensor]:
+    """LM-head logits at the answer positions only, flattened row by row ``[N, V]``, and their targets ``[N]``.
+
+    ``shared_prefix`` (auto | on | off): run the tokens all rows share once (see
+    :mod:`promptintern.shared_prefix`); ``auto`` falls back to the plain pass where unsupported.
+    """
     keep = answer_mask(labels)
-    with _head_rows(_output_head(model), keep):
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    logits = out.logits
+    head = _output_head(model)
+    prefix = shared_prefix_length(input_ids, attention_mask, keep) if check_mode(shared_prefix) != "off" else 0
+    logits = None
+    if prefix:
+        try:
+            logits = prefix_then_suffix(model, _head_rows, head, input_ids, attention_mask, keep, prefix)
+        except SharedPrefixUnsupported:
+            if shared_prefix == "on":
+                raise
+    if logits is None:
+        with _head_rows(head, keep):
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     if logits.dim() != 2:
         raise ModelError(f"{type(model).__name__} did not call its LM head on the final hidden states "
                          "(answer-only logits need a standard causal LM)")
@@ -187,33 +201,18 @@ def bucket_kl(student_logits: torch.Tensor, targets: TeacherTargets, temperature
 # ---------------------------------------------------------------- teachers
 
 
-def _hash_files(h: Any, files: Sequence[Path]) -> None:
-    for f in files:
-        h.update(f"{f.name}:{f.stat().st_size}:".encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-
-
 def teacher_fingerprint(teacher: str, model_name: str) -> str:
-    """A hash naming a frozen teacher's weights: base model fingerprint + every adapter / weight byte.
+    """A hash naming a frozen teacher's weights (whole-file content hashes, see ``promptintern.identity``).
 
-    Whole files are hashed (not only their heads): two fine-tunes of one base differ only deep
-    inside the weight files.
+    An adapter teacher is named together with the student's base model it is applied to.
     """
-    from .models import model_fingerprint
+    from .identity import adapter_identity, model_identity
 
     kind = teacher_kind(teacher)
     if kind == "self":
         return SELF_TEACHER
     root = Path(teacher).expanduser()
-    h = hashlib.sha256(kind.encode())
-    if kind == "adapter":
-        h.update(model_fingerprint(model_name).encode())
-        _hash_files(h, [root / "adapter_config.json", *sorted(root.glob("adapter_model.*"))])
-    else:
-        _hash_files(h, [root / "config.json", *sorted(root.glob("*.safetensors")), *sorted(root.glob("*.bin"))])
-    return h.hexdigest()[:16]
+    return adapter_identity(root, base_model=model_name) if kind == "adapter" else model_identity(root)
 
 
 def load_frozen_teacher(teacher: str, model_name: str, dtype: torch.dtype) -> Any:

