@@ -168,7 +168,9 @@ def test_disk_full_during_checkpoint(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch, "save", full_disk)
     cfg = write_config(tmp_path, base_config(tmp_path))
     code, err = run_cli(["train", cfg], capsys)
-    assert code == 6 and "disk full" in err and "\n" not in err
+    *progress, last = err.splitlines()
+    assert code == 6 and last.startswith("promptintern: error: disk full")
+    assert all(" · elapsed " in line for line in progress)  # plain progress lines: stderr is not a terminal
     assert not (tmp_path / "run" / "adapter").exists()
     monkeypatch.setattr(torch, "save", real_save)
     code, err = run_cli(["train", cfg, "--resume"], capsys)
