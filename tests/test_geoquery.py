@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,22 @@ def test_template_token_count(tiny_model):
     n = sum(len(tokenizer(getattr(task.template, p), add_special_tokens=False)["input_ids"])
             for p in ("instruction", "documentation"))
     assert 1500 <= n <= 2500, n  # the README states the exact figure
+
+
+@pytest.mark.parametrize(("config", "split"), [("geoquery.yaml", "question"), ("geoquery-query.yaml", "query")])
+def test_configs_fit_the_gold_sql_and_the_full_prompt(tiny_model, geoquery_data_dir, config, split):
+    from promptintern.config import load_config
+
+    cfg = load_config(str(Path(__file__).resolve().parents[1] / "configs" / config))
+    task = get_task(cfg.task, **cfg.task_options)
+    assert task.split == split
+    tokenizer = tiny_model[1]
+
+    def n(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    longest = max(n(i.answer) for s in ("train", "validation", "test") for i in task.load_split(s, geoquery_data_dir))
+    assert cfg.infer.max_new_tokens >= longest
+    template = n(task.template.instruction) + n(task.template.documentation)
+    # the template, k examples and the answer, each as long as the longest, plus 200 for queries and chat markup
+    assert cfg.train.max_length >= template + (cfg.schedule.k + 1) * longest + 200
