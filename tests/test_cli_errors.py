@@ -185,3 +185,42 @@ def test_console_script_prints_no_traceback_and_debug_does(tmp_path):
     assert plain.stderr.strip().count("\n") == 0
     debug = subprocess.run(argv[:3] + ["--debug"] + argv[3:], capture_output=True, text=True, timeout=120)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_eval_names_each_output_after_its_predictions_and_never_overwrites(tmp_path, capsys):
+    """Three prediction files in one folder keep three score files; a rerun is refused in one line."""
+    gold = [json.loads(line) for line in (SQL / "test.jsonl").read_text().splitlines()]
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    answers = {"all-right": [g["answer"] for g in gold],
+               "all-wrong": ["SELECT 1;" for _ in gold],
+               "first-right": [gold[0]["answer"]] + ["SELECT 1;" for _ in gold[1:]]}
+    for name, preds in answers.items():
+        (folder / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"id": g["id"], "prediction": p}) + "\n" for g, p in zip(gold, preds, strict=True)))
+        assert main(["eval", "--task", str(SQL / "task.yaml"), "--predictions", str(folder / f"{name}.jsonl")]) == 0
+    written = sorted(p.name for p in folder.iterdir() if p.name.endswith(".metrics.json"))
+    assert written == ["all-right.metrics.json", "all-wrong.metrics.json", "first-right.metrics.json"]
+    results = {n: json.loads((folder / f"{n}.metrics.json").read_text()) for n in answers}
+    assert all(r["predictions"].endswith(f"{n}.jsonl") for n, r in results.items())
+    scores = {n: r["metrics"][r["metric"]] for n, r in results.items()}
+    assert scores["all-right"] == 100.0 and scores["all-wrong"] == 0.0 and 0 < scores["first-right"] < 100
+    capsys.readouterr()
+
+    before = (folder / "all-right.metrics.json").read_bytes()
+    (folder / "all-right.jsonl").write_text((folder / "all-wrong.jsonl").read_text())
+    code, err = run_cli(["eval", "--task", str(SQL / "task.yaml"), "--predictions", str(folder / "all-right.jsonl")],
+                        capsys)
+    assert code == 2 and err == (f"promptintern: error: {folder / 'all-right.metrics.json'} exists; "
+                                 "pass --out for another file or --force to replace it")
+    assert (folder / "all-right.metrics.json").read_bytes() == before
+    assert main(["eval", "--task", str(SQL / "task.yaml"), "--predictions", str(folder / "all-right.jsonl"),
+                 "--force"]) == 0
+    replaced = json.loads((folder / "all-right.metrics.json").read_text())
+    assert replaced["metrics"][replaced["metric"]] == 0.0
+
+    preds = str(folder / "first-right.jsonl")
+    assert main(["eval", "--task", str(SQL / "task.yaml"), "--predictions", preds, "--out", str(tmp_path / "o")]) == 0
+    assert main(["eval", "--task", str(SQL / "task.yaml"), "--predictions", preds, "--out", str(tmp_path / "x.json")]) == 0
+    assert (tmp_path / "o" / "first-right.metrics.json").is_file() and (tmp_path / "x.json").is_file()
+    assert not list(tmp_path.rglob(".*.tmp"))  # no temporary files left behind

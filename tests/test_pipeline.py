@@ -65,7 +65,7 @@ def test_infer_and_eval_cli_round_trip(finished_run, tmp_path, capsys):
     assert [r["id"] for r in rows] == ["sql-test-1", "sql-test-2"]
     assert all(r["input_tokens"] < 60 for r in rows)  # served with the query alone
     assert main(["eval", "--task", str(SQL_TASK), "--predictions", str(out), "--out", str(tmp_path)]) == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "preds.metrics.json").read_text())
     assert metrics["n"] == 5 and metrics["missing"] == 3
     assert "exact_match" in capsys.readouterr().out
 

@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True)
     p.add_argument("--predictions", required=True, help="JSONL of {'id', 'prediction'}")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default=None, help="directory for metrics.json (default: beside the predictions)")
+    p.add_argument("--out", default=None, help="where to write the scores: a .json file, or a directory for "
+                   "<predictions stem>.metrics.json (default: beside the predictions)")
+    p.add_argument("--force", action="store_true", help="replace an existing metrics file")
     _add_unsafe_sandbox_arg(p)
 
     p = sub.add_parser("export", help="write the adapter or the merged model as a standard HF directory")

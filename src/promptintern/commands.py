@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -97,14 +98,20 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .errors import UserError
     from .evaluate import evaluate_file, format_table
+    from .report import metrics_path, publish_new
 
     preds = Path(args.predictions)
-    out = Path(args.out) if args.out else preds.parent
-    metrics = evaluate_file(args.task, preds, args.data_dir, out,
-                            sandbox="process" if args.unsafe_sandbox else "bwrap")
+    target = metrics_path(preds, args.out)
+    if target.exists() and not args.force:  # refused before scoring; publish_new re-checks atomically
+        raise UserError(f"{target} exists; pass --out for another file or --force to replace it")
+    with tempfile.TemporaryDirectory(prefix="promptintern-eval-") as scratch:  # nothing lands on a failure
+        metrics = evaluate_file(args.task, preds, args.data_dir, scratch,
+                                sandbox="process" if args.unsafe_sandbox else "bwrap")
+    publish_new(metrics, target, replace=args.force)
     _console().print(format_table(metrics))
-    _console().print(f"metrics → {out / 'metrics.json'}")
+    _console().print(f"metrics → {target}")
     return 0
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from .io import atomic_path, write_text
+from .errors import UserError
+from .io import atomic_path, write_json, write_text
+
+METRICS_SUFFIX = ".metrics.json"
 
 
 def _metric(system: dict[str, Any], name: str) -> float | None:
@@ -131,3 +136,32 @@ def _unsafe_sandbox_note(metrics: dict[str, Any]) -> str:
         if "sandbox_level" in system and not system.get("sandbox_contained", True):
             return sandbox_note(system)
     return ""
+
+
+def metrics_path(predictions: Path, out: str | None = None) -> Path:
+    """Where ``eval`` writes the scores of ``predictions``: ``<stem>.metrics.json`` beside them,
+    the same name inside ``out`` when ``out`` is a directory, or ``out`` itself when it ends in
+    ``.json``. Named after the input, so scoring several prediction files in one folder keeps all."""
+    name = predictions.name.removesuffix(".jsonl").removesuffix(".json") + METRICS_SUFFIX
+    if out is None:
+        return predictions.with_name(name)
+    target = Path(out)
+    return target if target.suffix == ".json" else target / name
+
+
+def publish_new(metrics: dict[str, Any], target: Path, replace: bool) -> None:
+    """Write ``metrics`` as JSON to ``target``; an existing ``target`` is replaced only when
+    ``replace`` is set, else a one-line error (a hard link never overwrites, so no race either)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if replace:
+        write_json(target, metrics)
+        return
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write_json(tmp, metrics)
+        Path(target).hardlink_to(tmp)
+    except FileExistsError:
+        raise UserError(f"{target} exists; pass --out for another file or --force to replace it") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
