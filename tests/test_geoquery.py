@@ -118,3 +118,18 @@ def test_configs_fit_the_gold_sql_and_the_full_prompt(tiny_model, geoquery_data_
     template = n(task.template.instruction) + n(task.template.documentation)
     # the template, k examples and the answer, each as long as the longest, plus 200 for queries and chat markup
     assert cfg.train.max_length >= template + (cfg.schedule.k + 1) * longest + 200
+
+
+def test_eval_cli_scores_the_query_split_with_a_task_option(geoquery_data_dir, tmp_path, monkeypatch):
+    from promptintern.cli import main
+
+    monkeypatch.setenv("PROMPTINTERN_DATA_DIR", str(geoquery_data_dir))
+    test = get_task("geoquery", split="query").load_split("test", geoquery_data_dir)
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("".join(json.dumps({"id": i.id, "prediction": i.answer}) + "\n" for i in test))
+    out = tmp_path / "m.json"
+    assert main(["eval", "--task", "geoquery", "--task-option", "split=query", "--predictions", str(preds),
+                 "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["n"] == 182 and metrics["metrics"]["sql_execution"] == 100.0 and metrics["gold_failed"] == 0
+    assert main(["eval", "--task", "geoquery", "--predictions", str(preds), "--out", str(tmp_path / "q.json")]) != 0  # question split: other ids

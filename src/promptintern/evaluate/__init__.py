@@ -189,8 +189,8 @@ def format_table(metrics: dict[str, Any]) -> Table:
     if "bleu_tokenizer" in metrics:
         table.caption = f"sacrebleu {metrics['bleu_signature']}"
     elif "gold_failed" in metrics:
-        table.caption = (f"{metrics['gold_failed']} gold queries do not run (scored by exact match); "
-                         + ", ".join(f"{k} {v}" for k, v in sorted(metrics.get("status_counts", {}).items())))
+        failed = f"{metrics['gold_failed']} gold queries do not run (scored by exact match); " if metrics["gold_failed"] else ""
+        table.caption = failed + ", ".join(f"{k} {v}" for k, v in sorted(metrics.get("status_counts", {}).items()))
     elif "sandbox_level" in metrics:
         table.caption = f"{sandbox_note(metrics)}; " + ", ".join(
             f"{k} {v}" for k, v in sorted(metrics.get("status_counts", {}).items()))
