@@ -127,6 +127,16 @@ CASES = {
     "bad --set": (
         lambda t: ["train", "--set", "train.learning_rate"],
         2, "expected KEY=VALUE"),
+    "typo in --set is blamed on --set": (
+        lambda t: ["train", write_config(t, base_config(t)), "--set", "train.lerning_rate=1e-3"],
+        2, "error: --set train.lerning_rate=1e-3: config.train: unknown key 'lerning_rate'; did you mean"),
+    "typo in the file is blamed on the file, whatever --set adds": (
+        lambda t: ["train", write_config(t, base_config(t, **{"train.lerning_rate": 1e-3})),
+                   "--set", "train.learning_rate=1e-3"],
+        2, "config.yaml: config.train: unknown key 'lerning_rate'"),
+    "show-stages without a config says what it needs": (
+        lambda t: ["show-stages"],
+        2, "show-stages needs a run config, e.g. `promptintern show-stages configs/demo.yaml`"),
     "infer on a directory that is no run": (
         lambda t: ["infer", "--run", str(t), "--input", predictions(t, b'{"query": "q"}\n'), "--output", str(t / "o.jsonl")],
         5, "not a promptintern run directory"),
@@ -224,3 +234,25 @@ def test_eval_names_each_output_after_its_predictions_and_never_overwrites(tmp_p
     assert main(["eval", "--task", str(SQL / "task.yaml"), "--predictions", preds, "--out", str(tmp_path / "x.json")]) == 0
     assert (tmp_path / "o" / "first-right.metrics.json").is_file() and (tmp_path / "x.json").is_file()
     assert not list(tmp_path.rglob(".*.tmp"))  # no temporary files left behind
+
+
+def test_summary_table_states_the_batch_size_of_its_latencies():
+    from rich.console import Console
+
+    from promptintern.report import markdown_table, print_summary
+
+    def system(batch: int) -> dict:
+        return {"tau": 0.0, "k": 0, "trained": True, "input_tokens_mean": 45.0, "latency_s_mean": 0.5,
+                "throughput_qps": 2.0, "batch_size": batch, "metrics": {"bleu": 10.0}}
+
+    metrics = {"metric": "bleu", "task": "t", "n_test": 3, "model": "m",
+               "systems": {"base-full": system(8), "promptintern": system(8)}}
+    console = Console(record=True, width=200)
+    print_summary(metrics, console)
+    assert "latency s/query (batch 8)" in console.export_text()
+    assert "latency s/query (batch 8)" in markdown_table(metrics)
+    metrics["systems"]["base-full"] = system(1)  # e.g. served with the prefix cache
+    console = Console(record=True, width=200)
+    print_summary(metrics, console)
+    text = console.export_text()
+    assert "0.500 (batch 1)" in text and "0.500 (batch 8)" in text

@@ -56,8 +56,9 @@ def cmd_show_prompt(args: argparse.Namespace) -> int:
 
 
 def cmd_show_stages(args: argparse.Namespace) -> int:
-    from .show import stage_table
+    from .show import require_config, stage_table
 
+    require_config(args.config, args.set)
     _threads(args)
     stage_table(_config(args), args.show_example, _console())
     return 0

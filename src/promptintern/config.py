@@ -7,6 +7,7 @@ Each component owns its own dataclass (``Schedule``, ``CompressConfig``, ``Retri
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,9 +88,28 @@ class RunConfig:
 
 def load_config(path: str | None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML run config (or the defaults when ``path`` is None) with overrides applied."""
-    raw = load_yaml(path) if path else {}
-    raw = apply_overrides(raw, overrides or [])
+    file_raw = load_yaml(path) if path else {}
+    raw = apply_overrides(file_raw, overrides or [])
     try:
         return from_dict(RunConfig, raw, where="config")
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from exc
+        culprit = _culprit(path, file_raw, overrides or [], str(exc))
+        raise ConfigError(f"{culprit}: {exc}" if culprit else str(exc)) from exc
+
+
+def _culprit(path: str | None, file_raw: dict[str, Any], overrides: list[str], message: str) -> str | None:
+    """Who to blame for an invalid config: the file when it fails alone with the same error, else
+    the ``--set`` item the message names (or all of them)."""
+    if not overrides:
+        return path
+    try:
+        from_dict(RunConfig, file_raw, where="config")
+    except ConfigError as alone:
+        if str(alone) == message:
+            return path
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        named = re.search(rf"(^|\s|config\.){re.escape(key)}\b", message)
+        if named or f"unknown key {key.rsplit('.', 1)[-1]!r}" in message:
+            return f"--set {item}"
+    return "--set " + " ".join(overrides)

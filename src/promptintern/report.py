@@ -30,20 +30,40 @@ def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             "system": name, "tau": s["tau"], "k": s["k"], "trained": s["trained"],
             "input_tokens": s.get("input_tokens_mean", 0.0), "output_tokens": s.get("output_tokens_mean", 0.0),
             "latency_s": s.get("latency_s_mean", 0.0), "qps": s.get("throughput_qps", 0.0),
+            "batch_size": s.get("batch_size"),
             "metric": _metric(s, key), "ci": ci,
         })
     return rows
 
 
+def batch_note(metrics: dict[str, Any]) -> str:
+    """``batch N`` when every served system ran at batch size N (latency and throughput depend on
+    it); empty when they differ (each row then says its own, see :func:`latency_cell`) or it is unknown."""
+    sizes = {s.get("batch_size") for s in metrics["systems"].values()}
+    return f"batch {sizes.pop()}" if len(sizes) == 1 and None not in sizes else ""
+
+
+def _with_batch(header: str, metrics: dict[str, Any]) -> str:
+    note = batch_note(metrics)
+    return f"{header} ({note})" if note else header
+
+
+def latency_cell(row: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """Seconds per query, with the row's batch size when the header cannot state one for all."""
+    own = "" if batch_note(metrics) or not row.get("batch_size") else f" (batch {row['batch_size']})"
+    return f"{row['latency_s']:.3f}{own}"
+
+
 def markdown_table(metrics: dict[str, Any]) -> str:
     key = metrics["metric"]
-    lines = [f"| system | τ | k | trained | input tokens/query | latency s/query | queries/s | {key} (95% CI) |",
+    lines = [f"| system | τ | k | trained | input tokens/query | {_with_batch('latency s/query', metrics)} | "
+             f"queries/s | {key} (95% CI) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in summary_rows(metrics):
         ci = f" [{r['ci'][0]:.1f}, {r['ci'][1]:.1f}]" if r["ci"] else ""
         val = "n/a" if r["metric"] is None else f"{r['metric']:.1f}{ci}"
         lines.append(f"| {r['system']} | {r['tau']:.2f} | {r['k']} | {'yes' if r['trained'] else 'no'} | "
-                     f"{r['input_tokens']:.0f} | {r['latency_s']:.3f} | {r['qps']:.2f} | {val} |")
+                     f"{r['input_tokens']:.0f} | {latency_cell(r, metrics)} | {r['qps']:.2f} | {val} |")
     return "\n".join(lines)
 
 
@@ -115,13 +135,13 @@ def _save(fig: Any, path: Path) -> Path:
 def print_summary(metrics: dict[str, Any], console: Console) -> None:
     """The before/after table: every served system side by side."""
     key = metrics["metric"]
-    table = Table("system", "prompt", "input tokens", "latency s/query", f"{key} (95% CI)",
+    table = Table("system", "prompt", "input tokens", _with_batch("latency s/query", metrics), f"{key} (95% CI)",
                   title=f"{metrics['task']} · {metrics['n_test']} test queries · {metrics['model']}")
     for r in summary_rows(metrics):
         prompt = "query alone" if r["tau"] == 0 and r["k"] == 0 else f"τ={r['tau']:.2f}, k={r['k']}"
         ci = f" [{r['ci'][0]:.1f}, {r['ci'][1]:.1f}]" if r["ci"] else ""
         val = "n/a" if r["metric"] is None else f"{r['metric']:.1f}{ci}"
-        table.add_row(r["system"], prompt, f"{r['input_tokens']:.0f}", f"{r['latency_s']:.3f}", val)
+        table.add_row(r["system"], prompt, f"{r['input_tokens']:.0f}", latency_cell(r, metrics), val)
     unsafe = _unsafe_sandbox_note(metrics)
     if unsafe:
         table.caption = unsafe

@@ -42,6 +42,17 @@ def prompt_anatomy(task_name: str, index: int, k: int, data_dir: str | None, mod
     return counts
 
 
+def require_config(config: str | None, overrides: list[str]) -> None:
+    """``show-stages`` shows what a config trains; without a config or a ``--set task=...`` the
+    defaults would quietly pick NL2Bash and then ask for its data, so say what is needed instead."""
+    if config or any(item.split("=", 1)[0].strip() == "task" for item in overrides):
+        return
+    from .errors import ConfigError
+
+    raise ConfigError("show-stages needs a run config, e.g. `promptintern show-stages configs/demo.yaml` "
+                      "(or --set task=NAME_OR_SPEC to see the default schedule on your task)")
+
+
 def stage_table(cfg: RunConfig, show_example: bool, console: Console) -> list[dict]:
     """Print τ, k, mean/p95 prompt tokens and share of the full prompt for each stage of ``cfg``."""
     from .models import load_tokenizer
