@@ -1,0 +1,107 @@
+"""Training step time and peak memory with and without the shared prefix, on a config's stage 0.
+
+    python bench/shared_prefix_speed.py configs/nl2bash.yaml [--set k=v ...] [--batches 6] [--repeats 2]
+    python bench/shared_prefix_speed.py configs/nl2bash.yaml --only off      # one mode, for its peak memory
+
+The same batches (stage 0 records in a seeded order, ``train.per_device_batch_size`` rows) run
+forward + backward through the LoRA model with ``shared_prefix`` off and auto, interleaved
+(off, auto, off, auto, ...) so that machine noise hits both alike; the medians and their ratio are
+printed as one JSON line. Peak resident memory needs one process per mode (``--only``): the kernel
+keeps only a process's maximum. Everything comes from the library (config, prepare, tokenize,
+collate, answer_loss); nothing here re-implements training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+
+
+def _batches(cfg, n_batches: int, seed: int):
+    from promptintern.models import load_tokenizer
+    from promptintern.pipeline import prepare
+    from promptintern.trainer import PadCollator, tokenize_records
+
+    prep = prepare(cfg)
+    records = list(prep.stages[0].records)
+    random.Random(seed).shuffle(records)
+    tok = load_tokenizer(cfg.model)
+    data, _ = tokenize_records(records, tok, cfg.train.max_length)
+    size = cfg.train.per_device_batch_size
+    collate = PadCollator(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    return [collate(data[i * size:(i + 1) * size]) for i in range(min(n_batches, len(data) // size))]
+
+
+def _model(cfg):
+    from peft import get_peft_model
+
+    from promptintern.models import load_model
+
+    base, _ = load_model(cfg.model, device="cpu")
+    model = get_peft_model(base, cfg.lora.to_peft())
+    model.train()
+    return model
+
+
+def _step(model, batch, mode: str, tokens: list) -> float:
+    from promptintern.trainer import answer_loss
+
+    start = time.perf_counter()
+    loss = answer_loss(model, batch, shared_prefix=mode, tokens=tokens)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("config")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--batches", type=int, default=6)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--only", choices=("off", "auto"), default=None)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+
+    import torch
+
+    from promptintern.config import load_config
+    from promptintern.shared_prefix import token_summary
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    cfg = load_config(a.config, a.set)
+    batches = _batches(cfg, a.batches, cfg.train.seed)
+    model = _model(cfg)
+    modes = [a.only] if a.only else ["off", "auto"]
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    tokens: dict[str, list] = {m: [] for m in modes}
+    _step(model, batches[0], modes[0], [])  # warm-up (allocator, kernels), not timed
+    for _ in range(a.repeats):
+        for batch in batches:
+            for mode in modes:
+                times[mode].append(_step(model, batch, mode, tokens[mode]))
+    out = {"config": a.config, "set": a.set, "batch_size": cfg.train.per_device_batch_size,
+           "batches": len(batches), "repeats": a.repeats, "threads": a.threads}
+    for mode in modes:
+        summary = token_summary(tokens[mode])
+        q = statistics.quantiles(times[mode], n=4)
+        out[mode] = {"median_s": round(statistics.median(times[mode]), 3), "iqr_s": [round(q[0], 3), round(q[2], 3)],
+                     "tokens": summary["tokens"]}
+    if a.only:
+        out[a.only]["peak_rss_mb"] = token_summary([])["peak_rss_mb"]
+    else:
+        out["speedup"] = round(out["off"]["median_s"] / out["auto"]["median_s"], 2)
+        pairs = [o / s for o, s in zip(times["off"], times["auto"], strict=True)]
+        q = statistics.quantiles(pairs, n=4)
+        out["speedup_paired_iqr"] = [round(q[0], 2), round(q[2], 2)]
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
