@@ -1,0 +1,7 @@
+"""``promptintern compare``: should I internalize my prompt? An honest side-by-side for one task.
+
+Every (method, seed) is a run of the library's own pipeline; accuracy statistics come from the
+per-item scores each run stores in its metrics.json; speed is measured at forced answer lengths;
+cost counts prompt caching and training. See :mod:`.plan`, :mod:`.stats`, :mod:`.speed`,
+:mod:`.cost` and :mod:`.report`.
+"""

@@ -1,0 +1,248 @@
+"""The comparison end to end: runs → speed pass → scaling pass → statistics, cost, verdict → report.
+
+Each pass saves what it measured in the output directory (``speed.json``, ``scaling.json``) and
+skips what is already there under the same settings, so ``promptintern compare`` can be stopped
+and rerun at any point. ``results.json`` and ``report.md`` are rebuilt from everything stored
+every time, so a report with some (method, seed) runs still missing says which.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..io import read_json, write_json
+from .cost import break_even, method_costs
+from .plan import METHODS, REFERENCES, Plan, load_compare_config
+from .runs import finished, read_run, run_all
+from .stats import accuracy, item_scores, more_data_needed, statistic_name
+
+PASSES = ("runs", "speed", "scaling")
+
+
+def default_out(config_path: str) -> Path:
+    return Path("compare") / Path(config_path).stem
+
+
+def compare(config_path: str, *, methods: Sequence[str] | None = None, seeds: int | None = None,
+            out: Path | None = None, overrides: Sequence[str] = (), passes: Sequence[str] = PASSES,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the passes in ``passes`` (resumably), then write results.json and report.md into ``out``."""
+    from .report import write_outputs
+
+    sets = list(overrides)
+    if methods:
+        sets.append("compare.methods=[" + ",".join(methods) + "]")
+    if seeds is not None:
+        sets.append(f"compare.seeds={seeds}")
+    run_raw, args = load_compare_config(config_path, sets)
+    out = Path(out) if out else default_out(config_path)
+    plan = Plan(run_raw, args, out)
+    out.mkdir(parents=True, exist_ok=True)
+    if "runs" in passes:
+        run_all(plan, log)
+    if "speed" in passes:
+        speed_pass(plan, log)
+    if "scaling" in passes:
+        from .speed import scaling_pass
+
+        scaling_pass(plan.base, args.scaling, out / "scaling.json", log)
+    results = collect(plan)
+    write_outputs(results, out)
+    log(f"results → {out / 'results.json'}, report → {out / 'report.md'}")
+    return results
+
+
+# ---------------------------------------------------------------- speed on the trained models
+
+
+def _speed_settings(plan: Plan, method: str) -> dict[str, Any]:
+    seed = plan.args.speed.seed
+    return {**asdict(plan.args.speed), "fingerprint": plan.config(method, seed).fingerprint()}
+
+
+def speed_pass(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
+    """Forced-length speed of every method's merged model (seed ``speed.seed``), saved per method."""
+    from ..inference import load_for_serving
+    from ..pipeline import prepare, serving_messages
+    from .hardware import hardware
+    from .speed import as_served, make_system, measure
+
+    args, path = plan.args.speed, plan.out / "speed.json"
+    args.validate()
+    saved = read_json(path) if path.is_file() else {"methods": {}}
+    for method in plan.args.methods:
+        settings = _speed_settings(plan, method)
+        if saved["methods"].get(method, {}).get("settings") == settings:
+            log(f"speed {method}: measured earlier, kept")
+            continue
+        if not finished(plan, method, args.seed):
+            log(f"speed {method}: seed {args.seed} not trained yet, skipped")
+            continue
+        t0 = time.perf_counter()
+        spec = METHODS[method]
+        cfg, run_dir = plan.config(method, args.seed), plan.run_dir(method, args.seed)
+        prep = prepare(cfg, run_dir)
+        adapter = run_dir / "adapter" if prep.plan.trains else None
+        model, tok = load_for_serving(cfg.model, adapter, merge=True)
+        cached = spec.prefix_cache_of is not None
+        n = max(args.queries, args.as_served_queries)
+        items = serving_messages(prep, prep.test[:n], prep.plan.serve_tau, prep.plan.serve_k)
+        prompts = [m for _, m in items]
+        system = make_system(method, model, tok, prompts[: args.queries], cached)
+        entry = {"settings": settings, "hardware": hardware(model), "merged": adapter is not None,
+                 "forced": {str(L): measure(model, tok, system, L, args.repeats, args.batch_sizes)
+                            for L in args.lengths}}
+        if args.as_served_queries:
+            entry["as_served"] = as_served(model, tok, prompts[: args.as_served_queries],
+                                           cfg.infer.max_new_tokens, cached)
+        entry["wall_s"] = time.perf_counter() - t0
+        saved["methods"][method] = entry
+        write_json(path, saved)
+        lat = ", ".join(f"L={L}: {v['latency_s']['median']:.3f} s" for L, v in entry["forced"].items())
+        log(f"speed {method}: {lat} (batch 1 medians) in {entry['wall_s']:.0f} s")
+    return saved
+
+
+# ---------------------------------------------------------------- collecting everything stored
+
+
+def _prefix_tokens(plan: Plan, method: str, seed: int, speed: dict[str, Any]) -> float:
+    """Tokens of the cached prefix (from the speed pass, else counted on the test prompts)."""
+    forced = speed.get("methods", {}).get(method, {}).get("forced", {})
+    if forced:
+        return float(next(iter(forced.values()))["cached_prefix_tokens"])
+    from ..inference import cacheable_prefix_length, encode_prompts
+    from ..models import load_tokenizer
+    from ..pipeline import prepare, serving_messages
+
+    cfg = plan.config(method, seed)
+    prep = prepare(cfg, plan.run_dir(method, seed))
+    items = serving_messages(prep, prep.test[:32], prep.plan.serve_tau, prep.plan.serve_k)
+    return float(cacheable_prefix_length(encode_prompts(load_tokenizer(cfg.model), [m for _, m in items])))
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def collect(plan: Plan) -> dict[str, Any]:
+    """results.json: plan, per-method runs, accuracy statistics, speed, scaling, cost, verdict."""
+    speed = read_json(plan.out / "speed.json") if (plan.out / "speed.json").is_file() else {"methods": {}}
+    scaling = read_json(plan.out / "scaling.json") if (plan.out / "scaling.json").is_file() else None
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    pending = []
+    for method in plan.args.methods:
+        runs[method] = {}
+        for seed in plan.seeds:
+            r = read_run(plan, method, seed)
+            if r is None:
+                pending.append(f"{method}/seed-{seed}")
+            else:
+                runs[method][seed] = r
+    metric = next((r["metric"] for m in runs.values() for r in m.values()), None)
+    scores = {m: {s: item_scores(r["system"], metric) for s, r in rs.items()} for m, rs in runs.items()}
+    acc = accuracy(scores, [r for r in REFERENCES if r in plan.args.methods], plan.args.resamples,
+                   plan.args.bootstrap_seed) if metric else {"methods": {}, "differences": {}, "n_items": 0}
+    methods = {m: _method_summary(plan, m, rs, speed) for m, rs in runs.items() if rs}
+    cost = _costs(plan, methods)
+    results = {
+        "task": plan.base.task, "model": plan.base.model, "metric": metric,
+        "statistic": statistic_name(metric) if metric else None, "plan": plan.describe(),
+        "complete": not pending, "pending": pending, "methods": methods, "accuracy": acc,
+        "speed": speed, "speedups": _speedups(speed, plan.args.speed.lengths), "scaling": scaling,
+        "cost": cost, "tolerance": plan.args.tolerance, "resamples": plan.args.resamples,
+    }
+    results["verdict"] = verdict(results, plan)
+    return results
+
+
+def _method_summary(plan: Plan, method: str, rs: dict[int, dict[str, Any]], speed: dict[str, Any]
+                    ) -> dict[str, Any]:
+    systems = [r["system"] for r in rs.values()]
+    headline = [s["metrics"][s["metric"]] for s in systems]
+    out = {
+        "about": METHODS[method].about, "seeds": sorted(rs),
+        "headline_metric_per_seed": headline,  # the run's own table (corpus BLEU for NL2Bash)
+        "input_tokens_mean": _mean([s["input_tokens_mean"] for s in systems]),
+        "output_tokens_mean": _mean([s["output_tokens_mean"] for s in systems]),
+        "train_steps": [sum(r["steps"]) for r in rs.values()],
+        "steps_per_stage": next(iter(rs.values()))["steps"],
+        "train_wall_s_mean": _mean([r["train_wall_s"] for r in rs.values()]),
+        "train_wall_s_per_seed": [r["train_wall_s"] for r in rs.values()],
+        "train_tokens_mean": _mean([r["train_tokens"] for r in rs.values()]),
+        "run_dirs": [r["run_dir"] for r in rs.values()],
+    }
+    if METHODS[method].prefix_cache_of:
+        out["cached_tokens"] = _prefix_tokens(plan, method, next(iter(rs)), speed)
+    return out
+
+
+def _costs(plan: Plan, methods: dict[str, Any]) -> dict[str, Any]:
+    ref = "full-prompt+cache" if "full-prompt+cache" in methods else "full-prompt"
+    out: dict[str, Any] = {"reference": ref, "compute_per_hour": plan.args.cost.compute_per_hour,
+                           "compute_source": plan.args.cost.compute_source, "profiles": {}}
+    for profile in plan.args.cost.profiles:
+        rows = {m: method_costs(profile, {"input_tokens_mean": s["input_tokens_mean"],
+                                          "output_tokens_mean": s["output_tokens_mean"],
+                                          "cached_tokens": s.get("cached_tokens", 0.0)},
+                                {"tokens": s["train_tokens_mean"], "wall_s": s["train_wall_s_mean"]},
+                                plan.args.cost.compute_per_hour) for m, s in methods.items()}
+        if ref in rows:
+            for m, row in rows.items():
+                if m != ref:
+                    row["break_even_vs_reference"] = {
+                        basis: break_even(row, rows[ref], basis) for basis in ("training_hosted", "training_compute")}
+        out["profiles"][profile.name] = {"prices": asdict(profile), "methods": rows}
+    return out
+
+
+def _speedups(speed: dict[str, Any], lengths: Sequence[int]) -> dict[str, Any]:
+    """Matched-length batch-1 speed-up of every method over full-prompt and over full-prompt+cache."""
+    ms = speed.get("methods", {})
+    out: dict[str, Any] = {}
+    for ref in ("full-prompt", "full-prompt+cache"):
+        if ref not in ms:
+            continue
+        for m, entry in ms.items():
+            for L in map(str, lengths):
+                if L in entry.get("forced", {}) and L in ms[ref].get("forced", {}):
+                    ratio = ms[ref]["forced"][L]["latency_s"]["median"] / entry["forced"][L]["latency_s"]["median"]
+                    out.setdefault(m, {}).setdefault(f"vs_{ref}", {})[L] = ratio
+    return out
+
+
+def verdict(results: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """The cheapest method within ``tolerance`` of full-prompt FT (non-inferior: the interval's lower
+    end at or above −tolerance), or what the data cannot tell and how much more would."""
+    tol, diffs = plan.args.tolerance, results["accuracy"]["differences"]
+    profile = plan.args.cost.profiles[0].name
+    costs = results["cost"]["profiles"].get(profile, {}).get("methods", {})
+    ref = results["cost"]["reference"]
+    if "full-prompt" not in results["methods"] or ref not in costs:
+        return {"decided": False, "text": "the full-prompt FT reference has not finished yet: no verdict"}
+    as_accurate, undecided, worse = [ref], [], []
+    for m in results["methods"]:
+        if m in ("full-prompt", "full-prompt+cache"):
+            continue
+        d = diffs.get(m, {}).get("full-prompt")
+        if d is None:
+            continue
+        if d["ci95"][0] >= -tol:
+            as_accurate.append(m)
+        elif d["ci95"][1] < -tol:
+            worse.append(m)
+        else:
+            undecided.append({"method": m, "diff": d["diff"], "ci95": d["ci95"], "more": more_data_needed(d, tol)})
+    best = min(as_accurate, key=lambda m: costs[m]["per_query"])
+    out: dict[str, Any] = {"decided": True, "tolerance": tol, "profile": profile, "reference": ref,
+                           "cheapest_as_accurate": best, "as_accurate": as_accurate, "worse": worse,
+                           "undecided": [u for u in undecided if costs[u["method"]]["per_query"] < costs[best]["per_query"]]}
+    if best != ref:
+        out.update(diff=diffs[best]["full-prompt"], per_query_saving=costs[ref]["per_query"] - costs[best]["per_query"],
+                   break_even=costs[best]["break_even_vs_reference"])
+    out["decided"] = not out["undecided"]
+    return out

@@ -1,0 +1,92 @@
+"""Run every (method, seed) on the library's own pipeline, resumably, and read back what it stored.
+
+A (method, seed) is finished when its run directory holds ``metrics.json`` written by a run of
+the same config (``run.json``'s fingerprint); it is then skipped without loading a model. An
+unfinished one is handed to :func:`promptintern.pipeline.run` with ``resume=True``, which picks
+up at its last checkpoint or prediction batch. Everything read back here (metrics.json, the
+training history, the stage files) is what the pipeline itself wrote.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..io import read_json
+from .plan import METHODS, Plan
+
+
+def finished(plan: Plan, method: str, seed: int) -> bool:
+    """Whether (``method``, ``seed``)'s pipeline run is complete under the current config."""
+    cfg, run_dir = plan.config(method, seed), plan.run_dir(method, seed)
+    marker = run_dir / "run.json"
+    return (run_dir / "metrics.json").is_file() and marker.is_file() and \
+        read_json(marker).get("fingerprint") == cfg.fingerprint()
+
+
+def run_all(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
+    """Run (or skip) every (method, seed); returns the wall time spent per (method, seed) now."""
+    from ..pipeline import run
+
+    spent: dict[str, Any] = {}
+    for method in plan.args.ordered_methods():
+        if METHODS[method].prefix_cache_of:
+            continue  # no run of its own: its source's adapter, served with the prefix cache
+        for seed in plan.seeds:
+            if finished(plan, method, seed):
+                log(f"{method} seed {seed}: finished earlier, kept")
+                continue
+            cfg = plan.config(method, seed)
+            log(f"{method} seed {seed}: pipeline run ({cfg.method}, steps per stage "
+                f"{plan.planned_steps(method) or '-'}) in {plan.run_dir(method, seed)}")
+            t0 = time.perf_counter()
+            run(cfg, resume=True)
+            spent[f"{method}/{seed}"] = time.perf_counter() - t0
+            log(f"{method} seed {seed}: done in {spent[f'{method}/{seed}']:.0f} s")
+    return spent
+
+
+def training_tokens(plan: Plan, method: str, seed: int, history: dict[str, Any]) -> float:
+    """Tokens the optimizer saw: per stage, its steps × records per step × the stage's mean record
+    length (prompt + answer, tokenized as in training). Hosted fine-tuning bills these."""
+    from ..models import load_tokenizer
+    from ..prompt import encode_chat
+    from ..stages import load_stages
+
+    cfg, run_dir = plan.config(method, seed), plan.run_dir(method, seed)
+    stages = load_stages(run_dir / "stages", len(history.get("stages", [])))
+    if not stages:
+        return 0.0
+    tok = load_tokenizer(cfg.model)
+    per_step = cfg.train.per_device_batch_size * cfg.train.gradient_accumulation_steps
+    total = 0.0
+    for stage, entry in zip(stages, history["stages"], strict=True):
+        lengths = [len(encode_chat(tok, r.messages, r.answer)["input_ids"]) for r in stage.records]
+        if lengths:
+            total += int(entry["steps"]) * per_step * sum(lengths) / len(lengths)
+    return total
+
+
+def read_run(plan: Plan, method: str, seed: int) -> dict[str, Any] | None:
+    """What (``method``, ``seed``)'s run stored: its system's metrics with per-item scores, serving
+    token counts, and training steps, wall time and tokens; None while it is unfinished."""
+    if not finished(plan, method, seed):
+        return None
+    source = METHODS[method].prefix_cache_of or method
+    cfg, run_dir = plan.config(source, seed), plan.run_dir(source, seed)
+    metrics = read_json(run_dir / "metrics.json")
+    system = metrics["systems"][cfg.method]
+    history = (metrics.get("train") or {}).get("history") or {"stages": [], "train_wall_s": 0.0}
+    return {
+        "run_dir": str(run_dir), "system": system, "metric": metrics["metric"], "n_test": metrics["n_test"],
+        "steps": [int(s["steps"]) for s in history.get("stages", [])],
+        "train_wall_s": float(history.get("train_wall_s", 0.0)),
+        "train_tokens": training_tokens(plan, source, seed, history),
+    }
+
+
+def predictions_path(plan: Plan, method: str, seed: int) -> Path:
+    cfg = plan.config(method, seed)
+    return plan.run_dir(method, seed) / "predictions" / f"{cfg.method}.jsonl"
