@@ -95,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     d = dsub.add_parser("download", help="fetch the public NL2Bash and MBPP files")
     d.add_argument("--dest", default=None, help="target directory (default: $PROMPTINTERN_DATA_DIR or ./data)")
 
+    p = sub.add_parser("compare", help="methods × seeds side by side: accuracy with intervals, speed at equal "
+                                       "answer length, cost with prompt caching, break-even, verdict")
+    p.add_argument("config", help="run config, or a compare config with run: and compare: sections")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: the config's, else "
+                                                   "full-prompt,full-prompt+cache,query-only,compressed,promptintern)")
+    p.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 per method (default 3)")
+    p.add_argument("--out", default=None, help="output directory (default: compare/<config name>)")
+    p.add_argument("--passes", default="runs,speed,scaling",
+                   help="which passes to run now (runs, speed, scaling); the report is always rebuilt")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run-config field, or with the compare. prefix a compare setting (repeatable)")
+    _add_unsafe_sandbox_arg(p)
+
     p = sub.add_parser("config", help="print every config field with its default and help")
     p.add_argument("config", nargs="?", help="also validate this YAML config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

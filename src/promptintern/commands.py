@@ -142,3 +142,19 @@ def cmd_data(args: argparse.Namespace) -> int:
     for path in download(Path(dest)):
         _console().print(f"wrote {path}")
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare.core import PASSES, compare
+    from .errors import ConfigError
+
+    _threads(args)
+    passes = [x.strip() for x in args.passes.split(",") if x.strip()]
+    bad = [x for x in passes if x not in PASSES]
+    if bad:
+        raise ConfigError(f"--passes: unknown pass {bad[0]!r}; choose from {', '.join(PASSES)}")
+    sets = list(args.set) + (["eval.sandbox=process"] if args.unsafe_sandbox else [])
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    compare(args.config, methods=methods, seeds=args.seeds, out=Path(args.out) if args.out else None,
+            overrides=sets, passes=passes, log=lambda line: print(line, flush=True))
+    return 0
