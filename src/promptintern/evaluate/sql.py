@@ -69,7 +69,7 @@ def open_readonly(path: str | Path, limits: SQLLimits = SQLLimits()) -> sqlite3.
     p = Path(path).resolve()
     if not p.is_file():
         raise FileNotFoundError(f"SQLite database not found: {p}")
-    con = sqlite3.connect(f"file:{quote(str(p))}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    con = sqlite3.connect(f"file:{quote(str(p))}?mode=ro", uri=True, isolation_level=None)
     con.execute("PRAGMA query_only = ON")
     con.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
     con.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limits.max_length)
