@@ -144,13 +144,14 @@ def collect(plan: Plan) -> dict[str, Any]:
             else:
                 runs[method][seed] = r
     metric = next((r["metric"] for m in runs.values() for r in m.values()), None)
+    task_name = next((r["task"] for m in runs.values() for r in m.values()), str(plan.base.task))
     scores = {m: {s: item_scores(r["system"], metric) for s, r in rs.items()} for m, rs in runs.items()}
     acc = accuracy(scores, [r for r in REFERENCES if r in plan.args.methods], plan.args.resamples,
                    plan.args.bootstrap_seed) if metric else {"methods": {}, "differences": {}, "n_items": 0}
     methods = {m: _method_summary(plan, m, rs, speed) for m, rs in runs.items() if rs}
     cost = _costs(plan, methods)
     results = {
-        "task": plan.base.task, "model": plan.base.model, "metric": metric,
+        "task": task_name, "model": plan.base.model, "metric": metric,
         "statistic": statistic_name(metric) if metric else None, "plan": plan.describe(),
         "complete": not pending, "pending": pending, "methods": methods, "accuracy": acc,
         "speed": speed, "speedups": _speedups(speed, plan.args.speed.lengths), "scaling": scaling,

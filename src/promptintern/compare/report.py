@@ -71,7 +71,7 @@ def _break_even(b: dict[str, Any]) -> str:
 
 
 def render(results: dict[str, Any]) -> str:
-    parts = [f"# promptintern compare: {Path(str(results['task'])).stem} · {results['model']}", "",
+    parts = [f"# promptintern compare: {results['task']} · {results['model']}", "",
              "## Verdict", "", verdict_text(results), ""]
     parts += _accuracy_section(results) + _speed_section(results) + _scaling_section(results)
     parts += _cost_section(results) + _plan_section(results)

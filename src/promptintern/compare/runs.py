@@ -80,7 +80,8 @@ def read_run(plan: Plan, method: str, seed: int) -> dict[str, Any] | None:
     system = metrics["systems"][cfg.method]
     history = (metrics.get("train") or {}).get("history") or {"stages": [], "train_wall_s": 0.0}
     return {
-        "run_dir": str(run_dir), "system": system, "metric": metrics["metric"], "n_test": metrics["n_test"],
+        "run_dir": str(run_dir), "system": system, "metric": metrics["metric"], "task": metrics["task"],
+        "n_test": metrics["n_test"],
         "steps": [int(s["steps"]) for s in history.get("stages", [])],
         "train_wall_s": float(history.get("train_wall_s", 0.0)),
         "train_tokens": training_tokens(plan, source, seed, history),

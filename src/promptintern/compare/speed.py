@@ -236,7 +236,7 @@ def measure(model: Any, tokenizer: Any, system: System, length: int, repeats: in
     per_pos = kv_bytes_per_position(model)
     prompt_tokens = float(np.mean([len(s) for s in seqs]))
     out: dict[str, Any] = {
-        "length": length, "prompt_tokens_mean": prompt_tokens, "cached_prefix_tokens": system.prefix_len,
+        "length": length, "new_tokens": [r.new_tokens for r in runs], "prompt_tokens_mean": prompt_tokens, "cached_prefix_tokens": system.prefix_len,
         "ttft_s": summarise([r.ttft_s for r in runs]),
         "s_per_output_token": summarise([r.s_per_token for r in runs]),
         "latency_s": summarise([r.total_s for r in runs]),
