@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import sys
 import threading
@@ -500,3 +501,119 @@ def test_generate_real_model_short_paragraph(tmp_path):
     out = comp.compress(text, 0.5)
     assert isinstance(out, str) and out.strip()
     assert n_tokens(tok, out) <= math.ceil(1.5 * 0.5 * n_tokens(tok, text)) + 2
+
+
+# -- structure-aware selfinfo: schemas and code ---------------------------------------------------
+
+SCHEMA = """-- The company database (SQLite).
+CREATE TABLE departments (
+  id INTEGER PRIMARY KEY,  -- one row per department
+  name TEXT NOT NULL,      -- e.g. 'Research'
+  city TEXT                -- where its office is
+);
+CREATE TABLE employees (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL,
+  department_id INTEGER REFERENCES departments(id),  -- NULL while unassigned
+  salary INTEGER,          -- yearly, in euros
+  hire_date TEXT           -- 'YYYY-MM-DD'
+);
+CREATE TABLE projects (
+  id INTEGER PRIMARY KEY,
+  name TEXT,
+  budget INTEGER,          -- in euros
+  start_date TEXT
+);
+CREATE INDEX employees_by_department ON employees(department_id);
+-- Dates are text: compare them as strings.
+Use strftime('%Y', hire_date) for the year of a date."""
+SQL_ANSWERS = ("SELECT name FROM employees WHERE salary > 50000;",
+               "SELECT COUNT(*) FROM employees WHERE department_id = 3;")
+
+
+def _code(line: str) -> str:
+    return line.split("--")[0].rstrip()
+
+
+def _statements_intact(original: str, compressed: str) -> None:
+    """The compressed text is the original's statements and other lines, in order, each whole or
+    absent (a statement line may lose only its trailing comment), and its brackets balance."""
+    from promptintern.compress.structure import statements
+
+    lines = original.split("\n")
+    in_block = {i: block for block in statements(original) for i in block}
+    units, i = [], 0
+    while i < len(lines):
+        block = in_block.get(i, [i])
+        units.append(block)
+        i = block[-1] + 1
+    kept, k = compressed.split("\n"), 0
+    for block in units:
+        if k < len(kept) and kept[k] in (lines[block[0]], _code(lines[block[0]])) and lines[block[0]].strip():
+            for i in block:
+                assert kept[k] in (lines[i], _code(lines[i])), (kept[k], lines[i])
+                k += 1
+    assert k == len(kept), f"not whole lines of the original, in order: {kept[k:]}"
+    assert compressed.count("(") == compressed.count(")")
+    assert all("CREATE TABLE" in x for x in kept if "TABLE" in x)
+
+
+def test_lines_mode_keeps_schema_statements_whole_at_half_rate(tiny_model, tmp_path):
+    _, tok = tiny_model
+    comp = selfinfo(tiny_model, tmp_path, structure="lines", answers=SQL_ANSWERS)
+    result = comp.compress_with_stats(SCHEMA, 0.5)
+    _statements_intact(SCHEMA, result.text)
+    total = n_tokens(tok, SCHEMA)
+    assert 0.35 * total <= result.kept_tokens <= 0.55 * total  # whole statements: near the rate, not on it
+    # the table the answers use is kept, with the columns they name
+    assert "CREATE TABLE employees (" in result.text and "  salary INTEGER," in result.text.replace("  --", "\n")
+    words = selfinfo(tiny_model, tmp_path).compress(SCHEMA, 0.5)
+    with pytest.raises(AssertionError):  # the word-level default breaks statements, and the check sees it
+        _statements_intact(SCHEMA, words)
+
+
+def test_comments_mode_never_touches_a_statement(tiny_model, tmp_path):
+    comp = selfinfo(tiny_model, tmp_path, structure="comments")
+    out = comp.compress(SCHEMA, 0.5)
+    kept_code = [_code(x) for x in out.split("\n")]
+    for line in SCHEMA.split("\n"):
+        if _code(line).strip() and not line.startswith(("--", "Use ")):
+            assert _code(line) in kept_code, line
+    assert "-- one row per department" not in out  # the statements alone exceed the budget: comments go
+    assert out.count("(") == out.count(")")
+
+
+def test_answer_identifiers_are_names_the_text_writes_as_code():
+    from promptintern.compress.structure import answer_identifiers
+
+    names = answer_identifiers(SQL_ANSWERS, SCHEMA)
+    assert set(names) == {"employees", "name", "salary", "department_id"}  # SELECT, FROM, WHERE: not in it
+    prose = "Every employee has a name and a salary."
+    assert answer_identifiers(SQL_ANSWERS, prose) == []  # plain words in prose are not identifiers
+    assert answer_identifiers(["find . -name x | xargs rm"], "Use `find` with -name, then xargs runs rm.") == \
+        ["-name", "find"]  # xargs and rm: prose here
+    assert "in" not in answer_identifiers(["x in y"], "- x in y = z")  # function words never count
+
+
+def test_protected_identifiers_rank_first_within_the_rate(tiny_model, tmp_path):
+    _, tok = tiny_model
+    plain = selfinfo(tiny_model, tmp_path).compress_with_stats(SCHEMA, 0.3)
+    protected = selfinfo(tiny_model, tmp_path, answers=SQL_ANSWERS).compress_with_stats(SCHEMA, 0.3)
+    def count(name: str, text: str) -> int:
+        return len(re.findall(rf"(?<![\w-]){name}(?![\w-])", text))
+
+    for name in ("employees", "salary", "department_id"):
+        assert count(name, protected.text) == count(name, SCHEMA)  # every occurrence kept
+    assert any(count(n, plain.text) < count(n, SCHEMA) for n in ("employees", "salary", "department_id"))
+    assert abs(protected.kept_tokens - protected.target_tokens) <= 0.03 * protected.total_tokens + 2
+
+
+def test_a_part_can_be_left_uncompressed(tiny_model, tmp_path):
+    cfg = from_dict(CompressConfig, {"model": "tiny-random", "cache_dir": str(tmp_path),
+                                     "overrides": {"documentation": {"method": "none"}}})
+    tpl = Template("Translate the request into one SQLite query, nothing else.", SCHEMA)
+    out = compress_template(tpl, 0.5, build_compressor(cfg, lambda name: tiny_model))
+    assert out.documentation == SCHEMA and out.instruction != tpl.instruction
+    assert compress_template(tpl, 0.0, build_compressor(cfg, lambda name: tiny_model)).documentation == ""
+    with pytest.raises(ConfigError, match="structure 'lines' needs method selfinfo"):
+        from_dict(CompressConfig, {"method": "variants", "variants": {0.5: {"instruction": "x"}}, "structure": "lines"})

@@ -57,7 +57,9 @@ class Templates:
                 ccfg = self.cfg.compress
                 if not ccfg.force_keep and self.task.force_keep:
                     ccfg = type(ccfg)(**{**ccfg.__dict__, "force_keep": list(self.task.force_keep)})
-                self._compressor = build_compressor(ccfg, load_model)
+                # The whole training split, not a run's sample, so that export compresses alike.
+                answers = [inst.answer for inst in self.task.load_split("train", self.cfg.data_dir)]
+                self._compressor = build_compressor(ccfg, load_model, answers=answers)
             self._memo[tau] = compress_template(self.task.template, tau, self._compressor)
         return self._memo[tau]
 

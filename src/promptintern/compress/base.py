@@ -22,7 +22,8 @@ from ..errors import ConfigError
 from ..io import read_json, write_json
 from ..prompt import Template
 
-METHODS = ("selfinfo", "variants", "llmlingua", "generate")
+METHODS = ("selfinfo", "variants", "llmlingua", "generate", "none")
+STRUCTURES = ("words", "lines", "comments")
 TEMPLATE_PARTS = ("instruction", "documentation")
 CACHE_ENV = "PROMPTINTERN_CACHE"  # the same root as promptintern.models
 
@@ -56,6 +57,17 @@ def trivial_result(text: str, rate: float) -> str | None:
     if rate <= 0.0 or not text.strip():
         return ""
     return None
+
+
+@dataclass
+class Unchanged:
+    """``method: none``: the text as written at every rate above 0, e.g. for a part that must
+    not be compressed (``compress.overrides.documentation: {method: none}``)."""
+
+    name: str = "none"
+
+    def compress(self, text: str, rate: float) -> str:
+        return "" if check_rate(rate) <= 0.0 else text
 
 
 @dataclass
@@ -195,7 +207,9 @@ def model_fingerprint(model_id: str) -> str:
 class CompressConfig:
     """Which template compressor to use and how (see ``promptintern.compress``)."""
 
-    method: str = field(default="selfinfo", metadata={"help": "selfinfo (drop the least informative words under a causal LM), variants (hand-written templates per rate), llmlingua (LLMLingua-2 package), generate (ask an instruction model to shorten).", "choices": METHODS})
+    method: str = field(default="selfinfo", metadata={"help": "selfinfo (drop the least informative words under a causal LM), variants (hand-written templates per rate), llmlingua (LLMLingua-2 package), generate (ask an instruction model to shorten), none (leave the text as written while τ > 0; e.g. overrides.documentation: {method: none}).", "choices": METHODS})
+    structure: str = field(default="words", metadata={"help": "selfinfo: what may be dropped. words: any word (prose). lines: whole statements only (a line, or lines joined by an open bracket, a trailing comma or deeper indentation), comments and prose lines whole, for code or schemas. comments: statements never, only words of comments and prose lines.", "choices": STRUCTURES})
+    protect_identifiers: bool = field(default=True, metadata={"help": "selfinfo: rank first (within the rate) the names the training answers use where the template writes them: tables, columns, functions, flags."})
     model: str = field(default="smollm2-135m", metadata={"help": "Model that scores words (selfinfo) or rewrites the text (generate, local backend): alias or local HF directory."})
     force_keep: list[str] = field(default_factory=list, metadata={"help": "Strings never dropped (command names, {placeholders}, ```python); empty = the task's own list."})
     cache_dir: str | None = field(default=None, metadata={"help": "Directory of cached compressions; null = $PROMPTINTERN_CACHE/compress or the user cache directory."})
@@ -217,6 +231,8 @@ class CompressConfig:
             raise ConfigError(f"compress.method: {self.method!r} is not one of {', '.join(METHODS)}")
         if self.method == "variants" and not self.variants:
             raise ConfigError("compress.method 'variants' needs compress.variants: {rate: {instruction: ..., documentation: ...}}")
+        if self.structure != "words" and self.method not in ("selfinfo", "none"):
+            raise ConfigError(f"compress.structure {self.structure!r} needs method selfinfo, not {self.method!r}")
         if self.method == "generate" and self.endpoint_url and not self.endpoint_model:
             raise ConfigError("compress.endpoint_model is required with compress.endpoint_url")
         if self.window < 16:

@@ -44,6 +44,7 @@ _WORD = re.compile(r"\s*\S+")
 _MARKER = re.compile(r"(?:[-*+•>]|#{1,6}|\d{1,3}[.)]|\(?[A-Za-z0-9]\))")
 _FENCE = re.compile(r"\s*(?:```|~~~)")
 _MAX_CORRECTIONS = 8
+_PREFER_BOOST = 1e6  # above any self-information, so preferred units rank first
 
 
 @dataclass(frozen=True)
@@ -224,17 +225,29 @@ def compress_scored(
     count: Callable[[str], int],
     force_keep: Sequence[str] = (),
     aggregate: str = "mean",
+    structure: str = "words",
+    prefer: Sequence[str] = (),
 ) -> Compression:
     """Compress ``text`` given its tokens' offsets and self-information (pure, model-free).
 
-    ``count`` tokenises a string (the same tokenizer that produced ``offsets``).
+    ``count`` tokenises a string (the same tokenizer that produced ``offsets``); ``structure``
+    picks the units (``words``, or ``lines`` / ``comments`` from :mod:`.structure`). Units with
+    a ``prefer`` string are ranked before all others but, unlike ``force_keep``, only kept while
+    they fit the rate.
     """
     total = len(offsets)
     target = round(check_rate(rate) * total)
-    lay = layout(text)
+    if structure == "words":
+        lay, must = layout(text), set()
+    else:
+        from .structure import structured_layout
+
+        lay, must = structured_layout(text, structure)
     costs, values = unit_token_stats(lay, offsets, scores)
     priority = values if aggregate == "sum" else [v / max(c, 1) for v, c in zip(values, costs, strict=True)]
-    forced = forced_units(lay, force_keep)
+    preferred = forced_units(lay, prefer)
+    priority = [p + _PREFER_BOOST if i in preferred else p for i, p in enumerate(priority)]
+    forced = forced_units(lay, force_keep) | must
     forced_kept = select(lay, costs, priority, forced, budget=0)
     forced_tokens = count(render(lay, forced_kept)) if forced_kept else 0
     unit_tokens = sum(costs)
@@ -296,6 +309,8 @@ class SelfInfoCompressor:
     cache_dir: Path | None = None
     aggregate: str = "mean"
     window: int = 2048
+    structure: str = "words"
+    answers: tuple[str, ...] = field(default=(), repr=False)  # training answers: names they use rank first
     name: str = "selfinfo"
     _loaded: tuple[Any, Any] | None = field(default=None, init=False, repr=False)
 
@@ -325,10 +340,14 @@ class SelfInfoCompressor:
             out = text if rate >= 1.0 else ""
             n = self.count(text)
             return Compression(out, self.count(out), n, round(rate * n), 0)
+        from .structure import answer_identifiers
+
+        prefer = answer_identifiers(self.answers, text) if self.answers else []
         cache = ResultCache(self.cache_dir, "selfinfo")
-        key = cache.key(
+        extra = {k: v for k, v in (("structure", self.structure), ("prefer", prefer)) if v not in ("words", [])}
+        key = cache.key(  # ``extra`` only when set, so entries written before these options stay valid
             algo=ALGO_VERSION, text=sha256_text(text), rate=round(rate, 6), model=model_fingerprint(self.model_id),
-            force_keep=list(self.force_keep), aggregate=self.aggregate,
+            force_keep=list(self.force_keep), aggregate=self.aggregate, **extra,
         )
         hit = cache.get(key)
         if hit is not None:
@@ -337,7 +356,8 @@ class SelfInfoCompressor:
             except (KeyError, TypeError):
                 pass  # an entry from another layout: recompute
         offsets, scores = self._scores(text)
-        result = compress_scored(text, offsets, scores, rate, self.count, self.force_keep, self.aggregate)
+        result = compress_scored(text, offsets, scores, rate, self.count, self.force_keep, self.aggregate,
+                                 self.structure, prefer)
         cache.put(key, {"rate": rate, "model": self.model_id, **result.__dict__})
         return result
 
