@@ -94,8 +94,7 @@ def speed_pass(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
         prompts = [m for _, m in items]
         system = make_system(method, model, tok, prompts[: args.queries], cached)
         entry = {"settings": settings, "hardware": hardware(model), "merged": adapter is not None,
-                 "forced": {str(L): measure(model, tok, system, L, args.repeats, args.batch_sizes)
-                            for L in args.lengths}}
+                 "forced": measure(model, tok, system, args.lengths, args.repeats, args.batch_sizes)}
         if args.as_served_queries:
             entry["as_served"] = as_served(model, tok, prompts[: args.as_served_queries],
                                            cfg.infer.max_new_tokens, cached)
@@ -132,6 +131,7 @@ def _mean(xs: Sequence[float]) -> float:
 def collect(plan: Plan) -> dict[str, Any]:
     """results.json: plan, per-method runs, accuracy statistics, speed, scaling, cost, verdict."""
     speed = read_json(plan.out / "speed.json") if (plan.out / "speed.json").is_file() else {"methods": {}}
+    walls = read_json(plan.out / "wall_s.json") if (plan.out / "wall_s.json").is_file() else {}
     scaling = read_json(plan.out / "scaling.json") if (plan.out / "scaling.json").is_file() else None
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     pending = []
@@ -149,6 +149,9 @@ def collect(plan: Plan) -> dict[str, Any]:
     acc = accuracy(scores, [r for r in REFERENCES if r in plan.args.methods], plan.args.resamples,
                    plan.args.bootstrap_seed) if metric else {"methods": {}, "differences": {}, "n_items": 0}
     methods = {m: _method_summary(plan, m, rs, speed) for m, rs in runs.items() if rs}
+    for m, summary in methods.items():
+        source = METHODS[m].prefix_cache_of or m
+        summary["pipeline_wall_s_per_seed"] = [walls.get(f"{source}/{s}") for s in summary["seeds"]]
     cost = _costs(plan, methods)
     results = {
         "task": task_name, "model": plan.base.model, "metric": metric,

@@ -202,11 +202,14 @@ def _plan_section(results: dict[str, Any]) -> list[str]:
              f"fine-tuned method; seeds {p['seeds']} ({p['seed_changes']}).", "",
              f"LR schedule policy: `{p['lr_policy']}` ({p['lr_scheduler']}, warm-up ratio {p['warmup_ratio']}): "
              f"{p['lr_policy_means']}. The trainer has no switch for one schedule across stages.", "",
-             "| method | what | steps per stage | stage data | training wall s per seed |", "|---|---|---|---|---|"]
+             "| method | what | steps per stage | stage data | training wall s per seed | whole run (train + serve + "
+             "score) wall s per seed |", "|---|---|---|---|---|---|"]
     for m, d in p["methods"].items():
         wall = results["methods"].get(m, {}).get("train_wall_s_per_seed", [])
+        whole = results["methods"].get(m, {}).get("pipeline_wall_s_per_seed", [])
         lines.append(f"| {m} | {d['about']} | {d['steps_per_stage'] or '-'} | {d['stage_mode']} | "
-                     f"{', '.join(f'{w:.0f}' for w in wall) or '-'} |")
+                     f"{', '.join(f'{w:.0f}' for w in wall) or '-'} | "
+                     f"{', '.join('-' if w is None else f'{w:.0f}' for w in whole) or '-'} |")
     return lines + [""]
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..io import read_json
+from ..io import read_json, write_json
 from .plan import METHODS, Plan
 
 
@@ -27,10 +27,12 @@ def finished(plan: Plan, method: str, seed: int) -> bool:
 
 
 def run_all(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
-    """Run (or skip) every (method, seed); returns the wall time spent per (method, seed) now."""
+    """Run (or skip) every (method, seed); the wall time of each pipeline run is kept in ``wall_s.json``
+    (train + serve + score, this machine)."""
     from ..pipeline import run
 
-    spent: dict[str, Any] = {}
+    path = plan.out / "wall_s.json"
+    spent: dict[str, Any] = read_json(path) if path.is_file() else {}
     for method in plan.args.ordered_methods():
         if METHODS[method].prefix_cache_of:
             continue  # no run of its own: its source's adapter, served with the prefix cache
@@ -43,8 +45,10 @@ def run_all(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
                 f"{plan.planned_steps(method) or '-'}) in {plan.run_dir(method, seed)}")
             t0 = time.perf_counter()
             run(cfg, resume=True)
-            spent[f"{method}/{seed}"] = time.perf_counter() - t0
-            log(f"{method} seed {seed}: done in {spent[f'{method}/{seed}']:.0f} s")
+            key = f"{method}/{seed}"
+            spent[key] = time.perf_counter() - t0  # the session that finished it (training wall time: history)
+            write_json(path, spent)
+            log(f"{method} seed {seed}: done in {spent[key]:.0f} s")
     return spent
 
 

@@ -136,13 +136,19 @@ def kv_bytes_per_position(model: Any) -> int:
 
 @dataclass
 class Timed:
-    """One timed generation: wall time, time to first token, per-token time, peak memory."""
+    """One timed generation: when each next-token distribution was ready, the end, peak memory."""
 
+    stamps: list[float]  # seconds from the start; stamps[i] = token i+1 ready
     total_s: float
-    ttft_s: float
-    s_per_token: float
     new_tokens: int
     peak_bytes: int | None
+
+    def at(self, length: int) -> tuple[float, float, float]:
+        """(latency, TTFT, s/output token) of the first ``length`` tokens of this generation: the same
+        computation as a generation of exactly ``length`` tokens, without its few-ms ending."""
+        end = self.total_s if length == self.new_tokens else self.stamps[length - 1]
+        per_token = (self.stamps[length - 1] - self.stamps[0]) / (length - 1) if length > 1 else float("nan")
+        return end, self.stamps[0], per_token
 
 
 def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[Any, Any]:
@@ -181,11 +187,7 @@ def timed_generate(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]], le
         torch.cuda.synchronize()
     total = time.perf_counter() - t0
     peak, _ = _peak_bytes(model.device)
-    new = int(out.shape[1] - ids.shape[1])
-    stamps = clock.stamps
-    ttft = stamps[0] - t0 if stamps else total
-    per_token = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
-    return Timed(total, ttft, per_token, new, peak)
+    return Timed([t - t0 for t in clock.stamps], total, int(out.shape[1] - ids.shape[1]), peak)
 
 
 def _load() -> list[float] | None:
@@ -225,46 +227,57 @@ def make_system(name: str, model: Any, tokenizer: Any, prompts: Sequence[Any], p
     return System(name, seqs, n, build_prefix_cache(model, seqs[0][:n]) if n else None)
 
 
-def measure(model: Any, tokenizer: Any, system: System, length: int, repeats: int, batch_sizes: Sequence[int]
-            ) -> dict[str, Any]:
-    """Batch-1 latency (TTFT, s/token, total; median and IQR) and throughput of ``system`` at ``length``."""
-    seqs = system.seqs
+def measure(model: Any, tokenizer: Any, system: System, lengths: Sequence[int], repeats: int,
+            batch_sizes: Sequence[int]) -> dict[str, Any]:
+    """Per forced length: batch-1 latency, TTFT and s/token (median, IQR) and throughput of ``system``.
+
+    Each repeat generates max(``lengths``) tokens; a shorter length is read off the same
+    generation's clock at its last token (the first L tokens are the same computation).
+    """
+    seqs, longest = system.seqs, max(lengths)
     timed_generate(model, tokenizer, [seqs[0]], 2, system.cache)  # warm-up, untimed
-    runs = [timed_generate(model, tokenizer, [seqs[r % len(seqs)]], length, system.cache) for r in range(repeats)]
-    if any(r.new_tokens != length for r in runs):
-        raise RuntimeError(f"forced length {length} not reached ({[r.new_tokens for r in runs]})")
+    runs = [timed_generate(model, tokenizer, [seqs[r % len(seqs)]], longest, system.cache) for r in range(repeats)]
+    if any(r.new_tokens != longest for r in runs):
+        raise RuntimeError(f"forced length {longest} not reached ({[r.new_tokens for r in runs]})")
     per_pos = kv_bytes_per_position(model)
     prompt_tokens = float(np.mean([len(s) for s in seqs]))
-    out: dict[str, Any] = {
-        "length": length, "new_tokens": [r.new_tokens for r in runs], "prompt_tokens_mean": prompt_tokens, "cached_prefix_tokens": system.prefix_len,
-        "ttft_s": summarise([r.ttft_s for r in runs]),
-        "s_per_output_token": summarise([r.s_per_token for r in runs]),
-        "latency_s": summarise([r.total_s for r in runs]),
-        "peak_memory_bytes": max((r.peak_bytes or 0) for r in runs) or None,
-        "peak_memory_kind": _peak_bytes(model.device)[1],
-        # everything resident while the query runs (the prefix-cached path copies the prefix per query)
-        "kv_bytes_per_query": int(per_pos * (prompt_tokens + length)),
-        "kv_bytes_shared_prefix": int(per_pos * system.prefix_len),
-        "kv_bytes_per_position": per_pos,
-        "throughput": {}, "load_average": _load(),
-    }
-    for b in batch_sizes:
-        out["throughput"][str(b)] = _throughput(model, tokenizer, system, length, b, repeats)
+    batched = {b: _throughput_runs(model, tokenizer, system, longest, b, repeats) for b in batch_sizes}
+    out = {}
+    for L in lengths:
+        at = [r.at(L) for r in runs]
+        out[str(L)] = {
+            "length": L, "new_tokens": [r.new_tokens for r in runs], "timed_from_length": longest,
+            "prompt_tokens_mean": prompt_tokens, "cached_prefix_tokens": system.prefix_len,
+            "latency_s": summarise([x[0] for x in at]), "ttft_s": summarise([x[1] for x in at]),
+            "s_per_output_token": summarise([x[2] for x in at]),
+            "peak_memory_bytes": max((r.peak_bytes or 0) for r in runs) or None,
+            "peak_memory_kind": _peak_bytes(model.device)[1] + f", over {longest} new tokens",
+            # everything resident while the query runs (the prefix-cached path copies the prefix per query)
+            "kv_bytes_per_query": int(per_pos * (prompt_tokens + L)),
+            "kv_bytes_shared_prefix": int(per_pos * system.prefix_len),
+            "kv_bytes_per_position": per_pos,
+            "throughput": {str(b): _throughput_at(walls, b, L, system) for b, walls in batched.items()},
+            "load_average": _load(),
+        }
     return out
 
 
-def _throughput(model: Any, tokenizer: Any, system: System, length: int, batch: int, repeats: int
-                ) -> dict[str, Any]:
-    """Queries/s at ``batch`` (the prefix-cached system: ``batch`` queries one after another)."""
+def _throughput_runs(model: Any, tokenizer: Any, system: System, length: int, batch: int, repeats: int
+                     ) -> list[list[Timed]]:
+    """Timed runs of ``batch`` queries (the prefix-cached system: ``batch`` queries one after another)."""
     seqs = [system.seqs[i % len(system.seqs)] for i in range(batch)]
-    walls = []
+    runs = []
     for _ in range(max(1, min(repeats, 3))):
         if system.cache is not None:
-            walls.append(sum(timed_generate(model, tokenizer, [s], length, system.cache).total_s for s in seqs))
+            runs.append([timed_generate(model, tokenizer, [s], length, system.cache) for s in seqs])
         else:
-            walls.append(timed_generate(model, tokenizer, seqs, length).total_s)
-    med = summarise(walls)
-    return {"queries_per_s": batch / med["median"], "wall_s": med,
+            runs.append([timed_generate(model, tokenizer, seqs, length)])
+    return runs
+
+
+def _throughput_at(runs: list[list[Timed]], batch: int, length: int, system: System) -> dict[str, Any]:
+    walls = summarise([sum(t.at(length)[0] for t in group) for group in runs])
+    return {"queries_per_s": batch / walls["median"], "wall_s": walls,
             "how": "sequential batch-1 queries from the prefix cache" if system.cache is not None
             else "one left-padded batch"}
 
@@ -334,8 +347,7 @@ def scaling_point(model: Any, tokenizer: Any, task: Any, queries: Sequence[str],
     point: dict[str, Any] = {"target_tokens": target, "template_tokens": template_tokens(tokenizer, template),
                              "systems": {}, "load_average_before": _load()}
     for name, system in systems.items():
-        point["systems"][name] = {str(L): measure(model, tokenizer, system, L, args.repeats, args.batch_sizes)
-                                  for L in args.lengths}
+        point["systems"][name] = measure(model, tokenizer, system, args.lengths, args.repeats, args.batch_sizes)
     point["speedup"] = speedups(point["systems"], args.lengths)
     point["load_average_after"] = _load()
     return point
