@@ -21,6 +21,21 @@ import sys
 import time
 
 
+def _run_block(path: str) -> str:
+    """A benchmark config (``run:`` holds the shared run config) as a plain run config file."""
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text())
+    if not isinstance(data, dict) or "run" not in data:
+        return path
+    out = Path(tempfile.mkdtemp(prefix="promptintern-bench-")) / "run.yaml"
+    out.write_text(yaml.safe_dump(data["run"]))
+    return str(out)
+
+
 def _batches(cfg, n_batches: int, seed: int):
     from promptintern.models import load_tokenizer
     from promptintern.pipeline import prepare
@@ -74,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    cfg = load_config(a.config, a.set)
+    cfg = load_config(_run_block(a.config), a.set)
     batches = _batches(cfg, a.batches, cfg.train.seed)
     model = _model(cfg)
     modes = [a.only] if a.only else ["off", "auto"]

@@ -101,3 +101,29 @@ def test_gradient_checkpointing_falls_back_in_auto_and_raises_in_on(lora_model):
     torch.testing.assert_close(auto.detach(), plain.detach(), atol=1e-5, rtol=1e-5)
     with pytest.raises(ConfigError, match="train.shared_prefix"):
         answer_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"], shared_prefix="yes")
+
+
+def test_training_uses_it_and_reports_tokens(tmp_path):
+    """Stage 0 (long shared template) runs every batch with the prefix shared; the query-only stage
+    does not; history.json reports padding share, computed tokens and peak memory per stage. With
+    the switch off, the same run computes more token positions and gives the same losses."""
+    import json
+
+    from promptintern.trainer import train_stages
+    from train_fixtures import toy_args
+
+    losses = {}
+    for mode in ("on", "off"):
+        run_dir = tmp_path / mode
+        train_stages(toy_stages(2, 8), model_name="tiny-random", lora=LoraArgs(dropout=0.0),
+                     args=toy_args(max_steps_per_stage=2, shared_prefix=mode), run_dir=run_dir)
+        stages = json.loads((run_dir / "train" / "history.json").read_text())["stages"]
+        first, last = stages[0]["tokens"], stages[1]["tokens"]
+        assert first["batches"] == 2 and 0 <= first["padding_share"] < 1 and stages[0]["peak_rss_mb"] > 0
+        assert last["shared_prefix_batches"] == 0  # the query-only stage shares too little
+        if mode == "on":
+            assert first["shared_prefix_batches"] == 2 and first["computed"] < first["padded"]
+        else:
+            assert first["shared_prefix_batches"] == 0 and first["computed"] == first["padded"]
+        losses[mode] = [s["train_loss"] for s in stages]
+    assert losses["on"] == pytest.approx(losses["off"], rel=1e-4)

@@ -50,7 +50,13 @@ from .args import KL_LOSSES, SELF_TEACHER, teacher_kind
 from .errors import ConfigError, DataError, ModelError
 from .io import atomic_path
 from .prompt import IGNORE_INDEX
-from .shared_prefix import SharedPrefixUnsupported, check_mode, prefix_then_suffix, shared_prefix_length
+from .shared_prefix import (
+    BatchTokens,
+    SharedPrefixUnsupported,
+    check_mode,
+    prefix_then_suffix,
+    shared_prefix_length,
+)
 
 CACHE_DIR = "teacher-cache"
 _TOPK_CHUNK = 1024  # answer positions reduced to top-k at a time (bounds the temporary [chunk, V] copies)
@@ -100,11 +106,13 @@ def _head_rows(head: torch.nn.Module, keep: torch.Tensor) -> Iterator[None]:
 
 
 def answer_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  labels: torch.Tensor, shared_prefix: str = "off") -> tuple[torch.Tensor, torch.Tensor]:
+                  labels: torch.Tensor, shared_prefix: str = "off",
+                  tokens: list[BatchTokens] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """LM-head logits at the answer positions only, flattened row by row ``[N, V]``, and their targets ``[N]``.
 
     ``shared_prefix`` (auto | on | off): run the tokens all rows share once (see
     :mod:`promptintern.shared_prefix`); ``auto`` falls back to the plain pass where unsupported.
+    ``tokens``, when given, receives this batch's token accounting (padding, shared prefix).
     """
     keep = answer_mask(labels)
     head = _output_head(model)
@@ -117,8 +125,11 @@ def answer_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
             if shared_prefix == "on":
                 raise
     if logits is None:
+        prefix = 0
         with _head_rows(head, keep):
             logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    if tokens is not None:
+        tokens.append(BatchTokens(*input_ids.shape, int(attention_mask.sum()), prefix))
     if logits.dim() != 2:
         raise ModelError(f"{type(model).__name__} did not call its LM head on the final hidden states "
                          "(answer-only logits need a standard causal LM)")
@@ -279,6 +290,7 @@ class Teacher:
     topk: int
     temperature: float
     cache: TeacherCache | None = None
+    shared_prefix: str = "off"  # set by the trainer from train.shared_prefix
     wall_s: float = 0.0
     rows_computed: int = 0
     cache_hits: int = 0
@@ -293,7 +305,7 @@ class Teacher:
         model.eval()
         try:
             with torch.no_grad():
-                logits, _ = answer_logits(model, ids, mask, labels)
+                logits, _ = answer_logits(model, ids, mask, labels, shared_prefix=self.shared_prefix)
                 return topk_targets(logits, self.topk, self.temperature)
         finally:
             model.train(was_training)
@@ -355,8 +367,9 @@ class LossParts:
 
 
 def distill_loss(model: Any, teacher: Teacher, inputs: dict[str, torch.Tensor], *, loss: str,
-                 kl_weight: float, student: Any = None,
-                 num_items_in_batch: Any = None) -> tuple[torch.Tensor, LossParts]:
+                 kl_weight: float, student: Any = None, num_items_in_batch: Any = None,
+                 shared_prefix: str = "off", tokens: list[BatchTokens] | None = None,
+                 ) -> tuple[torch.Tensor, LossParts]:
     """``kl`` = T²·KL_k, ``ce+kl`` = (1 − λ)·CE + λ·T²·KL_k, per answer token of the accumulated batch.
 
     ``model`` is the (possibly DDP-wrapped) student; ``student`` its unwrapped module for a
@@ -364,7 +377,8 @@ def distill_loss(model: Any, teacher: Teacher, inputs: dict[str, torch.Tensor], 
     """
     if loss not in KL_LOSSES:
         raise ConfigError(f"train.loss: {loss!r} is not one of {', '.join(KL_LOSSES)}")
-    logits, targets = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+    logits, targets = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
+                                    shared_prefix=shared_prefix, tokens=tokens)
     t = teacher.targets(student if student is not None else model, inputs)
     if len(t) != logits.shape[0]:
         raise DataError(f"teacher and student disagree on the answer length ({len(t)} vs {logits.shape[0]} tokens)")
