@@ -206,15 +206,16 @@ class TrainArgs:
 class InferArgs:
     """How test queries are answered."""
 
-    max_new_tokens: int = field(default=128, metadata={"help": "Most tokens generated per query (the end-of-turn token stops earlier)."})
+    max_new_tokens: int | str = field(default="auto", metadata={"help": "Most tokens generated per query (the end-of-turn token stops earlier): 'auto' = from the training answers' token lengths (p99 x 1.25, capped at the longest, + 8), or a number. Either way a run warns, with counts, when gold answers are longer."})
     batch_size: int = field(default=8, metadata={"help": "Queries per generate call (left-padded); latency per query is the batch's wall time."})
     prefix_cache: bool = field(default=False, metadata={"help": "Run the prompts' common token prefix once and serve each query at batch size 1 from its KV cache."})
     num_threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (null = torch's default).", "volatile": True})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar with queries/s.", "volatile": True})
 
     def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"infer.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        from .answer_length import check_setting
+
+        check_setting(self.max_new_tokens)
         if self.batch_size < 1:
             raise ConfigError(f"infer.batch_size must be >= 1, got {self.batch_size}")
         if self.num_threads is not None and self.num_threads < 1:

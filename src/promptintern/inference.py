@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from .args import InferArgs  # noqa: F401  (re-exported: it lived here before args.py)
-from .errors import DataError, ModelError
+from .errors import ConfigError, DataError, ModelError
 from .io import iter_jsonl, write_jsonl
 from .progress import progress_bar
 from .prompt import chat_prompt_text
@@ -335,6 +335,9 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
     everything was resumed it is estimated from the stored latencies.
     """
     args.validate()
+    if not isinstance(args.max_new_tokens, int):  # 'auto' is resolved by the pipeline, which knows the data
+        raise ConfigError("run_inference needs a number for max_new_tokens; resolve 'auto' with "
+                          "promptintern.answer_length.resolve_infer_args")
     out_path = Path(out_path)
     ids = [str(i) for i, _ in items]
     if len(set(ids)) != len(ids):

@@ -255,11 +255,11 @@ def _train(prep: Prepared, run_dir: Path, resume: bool) -> Path | None:
     )
 
 
-def _serve(prep: Prepared, name: str, model: Any, tokenizer: Any, items: list, run_dir: Path) -> dict[str, Any]:
-    """Generate predictions for ``items`` into ``predictions/<name>.jsonl`` (resumable), as ``infer`` says."""
+def _serve(name: str, model: Any, tokenizer: Any, items: list, run_dir: Path, args: Any) -> dict[str, Any]:
+    """Generate predictions for ``items`` into ``predictions/<name>.jsonl`` (resumable), as ``args`` say."""
     from .inference import run_inference
 
-    return run_inference(model, tokenizer, items, run_dir / "predictions" / f"{name}.jsonl", prep.cfg.infer, resume=True)
+    return run_inference(model, tokenizer, items, run_dir / "predictions" / f"{name}.jsonl", args, resume=True)
 
 
 def systems(prep: Prepared) -> dict[str, tuple[bool, float, int]]:
@@ -276,6 +276,7 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
     """The whole job; returns the metrics dict also written to ``run_dir/metrics.json``."""
     import time
 
+    from .answer_length import resolve_infer_args
     from .evaluate import score
     from .inference import load_for_inference
     from .models import load_model
@@ -290,6 +291,7 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
     train_info = _train_info(run_dir, time.perf_counter() - t0)
     results: dict[str, Any] = {}
     base = None
+    infer_args = resolve_infer_args(cfg.infer, cfg.model, prep.task, prep.train, prep.test)
     for name, (uses_adapter, tau, k) in systems(prep).items():
         if uses_adapter:
             model, tok = load_for_inference(cfg.model, adapter)
@@ -297,7 +299,7 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
             base = base or load_model(cfg.model)
             model, tok = base
         items = serving_messages(prep, prep.test, tau, k)
-        stats = _serve(prep, name, model, tok, items, run_dir)
+        stats = _serve(name, model, tok, items, run_dir, infer_args)
         preds = _read_predictions(run_dir / "predictions" / f"{name}.jsonl")
         scored = score(prep.task.metric, preds, prep.test, bootstrap=cfg.eval.bootstrap,
                        workers=cfg.eval.workers, timeout_s=cfg.eval.timeout_s, sandbox=cfg.eval.sandbox)
@@ -340,6 +342,7 @@ def infer_file(run_dir: Path, input_path: Path, output: Path, *, batch_size: int
     """
     from dataclasses import replace
 
+    from .answer_length import resolve_infer_args
     from .config import load_config
     from .inference import load_for_inference, run_inference
     from .io import read_jsonl
@@ -360,5 +363,6 @@ def infer_file(run_dir: Path, input_path: Path, output: Path, *, batch_size: int
     args = replace(cfg.infer, prefix_cache=cfg.infer.prefix_cache if prefix_cache is None else prefix_cache,
                    batch_size=batch_size or cfg.infer.batch_size,
                    max_new_tokens=max_new_tokens or cfg.infer.max_new_tokens)
+    args = resolve_infer_args(args, cfg.model, prep.task, prep.train)  # 'auto' from the run's training answers
     items = serving_messages(prep, queries, prep.plan.serve_tau, prep.plan.serve_k)
     return run_inference(model, tok, items, output, args, resume=resume)
