@@ -23,6 +23,9 @@ Choices (ours; the paper does not specify its compressor beyond LLMLingua-2):
 - ``force_keep`` strings (command names, ``{placeholders}``, `````python``) are always kept,
   every occurrence, matched on word boundaries, and count toward the budget. When they alone
   exceed it they are kept anyway, so the result is then longer than asked (never shorter).
+- Units other than words, for schemas and code (``structure``: whole statements, or only
+  comments and prose), and the names of the training answers ranked first (``prefer``, within the
+  rate, unlike ``force_keep``): see :mod:`.structure`.
 - Ties are broken by position (earlier first); the forward pass is deterministic, so the same
   text, rate and model always give the same result. Results and per-token scores are cached on
   disk, so a template is scored once per model and every stage reuses it.
