@@ -135,3 +135,15 @@ def test_serve_refuses_an_adapter_export_and_other_directories(sql_run, tmp_path
         resolve_served_dir(tmp_path / "empty")
     merged = export(sql_run, tmp_path / "merged", merge=True)
     assert resolve_served_dir(merged) == merged.resolve()
+
+
+def test_serve_refuses_a_busy_port_before_loading_anything():
+    from promptintern.errors import UserError
+    from promptintern.serve import check_port
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(UserError, match="cannot listen on 127.0.0.1"):
+            check_port("127.0.0.1", busy.getsockname()[1])
+    check_port("127.0.0.1", _free_port())

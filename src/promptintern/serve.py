@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,17 @@ def resolve_served_dir(path: Path) -> Path:
     raise RunDirError(f"{path} is neither a promptintern run directory nor an exported model")
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail in a line, before the model loads, when ``host:port`` cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            sock.bind((host, port))
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port") from exc
+
+
 class _Stop(Exception):
     """Raised by the SIGTERM handler once the server has shut down (or before it started)."""
 
@@ -127,6 +139,7 @@ def serve(path: Path, args: ServeArgs, announce: Any = print) -> None:
 
     if not is_serve_available():
         raise ServerMissing("the server needs the serving extra: pip install 'promptintern[serve]'")
+    check_port(args.host, args.port)
     model_dir = resolve_served_dir(path)
     from transformers.cli.serve import Serve
 
