@@ -8,7 +8,8 @@ times longer. This script measures that on the bundled model so the default can 
 
 Each setting runs in a fresh interpreter (the wait policy is read when torch loads OpenMP); the
 competitor is ``python -c 'while True: pass'``, started before and stopped (by its pid) after.
-Prints one JSON line per setting and a Markdown table.
+Prints one JSON line per setting (wall and CPU seconds of the generation: spinning threads burn
+CPU that other processes on the machine could have used) and a Markdown table.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ SQL_TASK = ROOT / "examples" / "sql" / "task.yaml"
 
 
 def child(queries: int, max_new_tokens: int, batch_size: int) -> None:
-    """One measurement in this process: load the model, answer ``queries`` SQL questions, print JSON."""
+    """One measurement in this process: load the model, answer ``queries`` SQL questions, print JSON.
+
+    torch is imported first, so libgomp sees the wait policy of the parent's environment, not the
+    default ``import promptintern`` would put in place."""
+    policy = os.environ.get("OMP_WAIT_POLICY", "unset")
     import torch
 
     from promptintern.inference import generate
@@ -42,11 +47,11 @@ def child(queries: int, max_new_tokens: int, batch_size: int) -> None:
     rows = read_jsonl(SQL_TASK.parent / "train.jsonl")[:queries]
     prompts = [to_messages(build_prompt(task, r["query"], task.template, [], 0), task.format) for r in rows]
     model, tokenizer = load_model("smollm2-135m", device="cpu")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
-    wall = time.perf_counter() - t0
-    print(json.dumps({"threads": threads, "wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
-                      "queries": len(out), "wall_s": round(wall, 2)}))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(json.dumps({"threads": threads, "wait_policy": policy,
+                      "queries": len(out), "wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}))
 
 
 def measure(threads: int, policy: str | None, contended: bool, args: argparse.Namespace) -> dict:
@@ -76,20 +81,26 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, nargs="+", default=[os.cpu_count() or 1, 1])
     p.add_argument("--policies", nargs="+", default=["unset", "PASSIVE"])
+    p.add_argument("--competitor", choices=("both", "yes", "no"), default="both",
+                   help="measure with the busy competitor, without it, or both")
+    p.add_argument("--repeats", type=int, default=1, help="rounds over all settings (interleaved)")
     args = p.parse_args()
     if args.child:
         child(args.queries, args.max_new_tokens, args.batch_size)
         return
     rows = []
-    for threads in args.threads:
-        for policy in args.policies:
-            for contended in (False, True):
-                r = measure(threads, None if policy == "unset" else policy, contended, args)
-                print(json.dumps(r), flush=True)
-                rows.append(r)
-    print("\n| threads | OMP_WAIT_POLICY | competitor | wall s |\n|---:|---|---|---:|")
+    sides = {"both": (False, True), "yes": (True,), "no": (False,)}[args.competitor]
+    for _ in range(args.repeats):
+        for threads in args.threads:
+            for policy in args.policies:
+                for contended in sides:
+                    r = measure(threads, None if policy == "unset" else policy, contended, args)
+                    print(json.dumps(r), flush=True)
+                    rows.append(r)
+    print("\n| threads | OMP_WAIT_POLICY | competitor | wall s | CPU s |\n|---:|---|---|---:|---:|")
     for r in rows:
-        print(f"| {r['threads']} | {r['wait_policy']} | {'busy loop' if r['competitor'] else 'none'} | {r['wall_s']:.2f} |")
+        print(f"| {r['threads']} | {r['wait_policy']} | {'busy loop' if r['competitor'] else 'none'} | "
+              f"{r['wall_s']:.2f} | {r.get('cpu_s', float('nan')):.2f} |")
 
 
 if __name__ == "__main__":
