@@ -4,7 +4,8 @@ A rich bar redraws one line in place, which only works on a terminal; under ``no
 with ``2> run.log`` it would print nothing until the end. So when stderr is not a terminal,
 :func:`progress_bar` returns :class:`PlainProgress` instead, which has the same small interface
 (``add_task``, ``update``, context manager) and writes one flushed line about every 5% of a task
-(and at its end) with n/total, the caller's stat (queries/s, loss), the rate, elapsed time and ETA.
+(and at its end) with n/total, the caller's stat (queries/s, loss), steps/s unless the stat is a
+rate already, elapsed time and ETA.
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ class PlainProgress:
             parts.append(f"{task.completed:g}")
         with contextlib.suppress(KeyError, ValueError, TypeError):  # a stat field not set yet
             parts.append(self.stat.format(task=task))
-        parts.append(f"{rate:.2f} steps/s" if rate >= 0.1 or rate == 0 else f"{1 / rate:.1f} s/step")
+        if "/s" not in self.stat:  # unless the caller's stat is a rate already (queries/s)
+            parts.append(f"{rate:.2f} steps/s" if rate >= 0.1 or rate == 0 else f"{1 / rate:.1f} s/step")
         parts.append(f"elapsed {_clock(elapsed)}")
         if task.total and rate > 0:
             parts.append(f"ETA {_clock((task.total - task.completed) / rate)}")
