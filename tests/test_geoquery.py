@@ -133,3 +133,20 @@ def test_eval_cli_scores_the_query_split_with_a_task_option(geoquery_data_dir, t
     metrics = json.loads(out.read_text())
     assert metrics["n"] == 182 and metrics["metrics"]["sql_execution"] == 100.0 and metrics["gold_failed"] == 0
     assert main(["eval", "--task", "geoquery", "--predictions", str(preds), "--out", str(tmp_path / "q.json")]) != 0  # question split: other ids
+
+
+def test_template_examples_are_training_sql_of_the_query_split(geoquery_data_dir):
+    """The instruction's two full queries must not hand the query split's test SQL to the model."""
+    import re
+
+    from promptintern.evaluate.sql import normalize_sql
+
+    def shape(sql: str) -> str:
+        return re.sub(r"'[^']*'", "'V'", normalize_sql(sql))
+
+    task = get_task("geoquery", split="query")
+    full = [s for s in re.findall(r"`([^`]*)`", task.template.instruction) if s.startswith("SELECT ") and s.endswith(" ;")]
+    assert len(full) == 2
+    by_split = {s: {shape(i.answer) for i in task.load_split(s, geoquery_data_dir)} for s in ("train", "test")}
+    for sql in full:
+        assert shape(sql) in by_split["train"] and shape(sql) not in by_split["test"]
