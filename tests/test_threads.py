@@ -25,15 +25,20 @@ def test_threads_accepted_before_or_after_the_command(argv, expected):
     assert build_parser().parse_args(argv).threads == expected
 
 
-def test_cli_threads_reaches_the_environment(monkeypatch, capsys):
-    monkeypatch.delenv(THREADS_ENV, raising=False)
+def test_cli_threads_hold_while_the_command_runs_and_are_restored(monkeypatch):
+    monkeypatch.setenv(THREADS_ENV, "3")
+    seen = []
+    monkeypatch.setattr("promptintern.cli.dispatch", lambda args: seen.append(
+        (os.environ[THREADS_ENV], resolve_threads(configured=2))) or 0)
     assert main(["config", "--threads", "1"]) == 0
-    assert os.environ[THREADS_ENV] == "1"
-    assert resolve_threads(configured=2) == 1  # the command line outranks a config's num_threads
+    assert seen == [("1", 1)]  # the command line outranks the environment and a config's num_threads
+    assert os.environ[THREADS_ENV] == "3"  # an in-process caller keeps its environment
+    monkeypatch.delenv(THREADS_ENV)
+    assert main(["config", "--threads", "2"]) == 0
+    assert seen[-1] == ("2", 2) and THREADS_ENV not in os.environ
 
 
 def test_bad_thread_counts_are_one_line_errors(monkeypatch, capsys):
-    monkeypatch.delenv(THREADS_ENV, raising=False)
     assert main(["config", "--threads", "0"]) == 2
     assert capsys.readouterr().err.strip() == "promptintern: error: --threads: threads must be >= 1, got 0"
     monkeypatch.setenv(THREADS_ENV, "two")

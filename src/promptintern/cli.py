@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import UserError
-from .threads import THREADS_ENV, parse_threads
+from .threads import THREADS_ENV, cli_threads
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -145,10 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or bool(os.environ.get("PROMPTINTERN_DEBUG"))
     try:
-        if args.threads is not None:  # through the environment, so worker processes inherit it
-            os.environ[THREADS_ENV] = str(parse_threads(args.threads, "--threads"))
         quiet_libraries()
-        return dispatch(args)
+        with cli_threads(args.threads):
+            return dispatch(args)
     except UserError as exc:
         if debug:
             raise

@@ -8,16 +8,17 @@ run before torch is imported:
 
 - :func:`prepare_openmp` sets ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep at once) unless
   the user chose a policy; libgomp reads it when it is loaded, i.e. on ``import torch``.
-- :func:`resolve_threads` picks the thread count: ``--threads`` (the CLI stores it in
-  ``$PROMPTINTERN_THREADS`` so that worker processes inherit it), else ``$PROMPTINTERN_THREADS``,
+- :func:`resolve_threads` picks the thread count: ``--threads`` (the CLI puts it in
+  ``$PROMPTINTERN_THREADS`` while the command runs, see :func:`cli_threads`), else ``$PROMPTINTERN_THREADS``,
   else the config's ``num_threads``, else :func:`available_cores`. The environment outranks the
   config because the thread count is a property of the machine, not of the experiment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 
 from .errors import ConfigError
@@ -57,6 +58,25 @@ def resolve_threads(configured: int | None = None, environ: Mapping[str, str] = 
     if configured is not None:
         configured = parse_threads(configured, "num_threads")
     return env_threads(environ) or configured or available_cores()
+
+
+@contextlib.contextmanager
+def cli_threads(n: int | None, environ: MutableMapping[str, str] = os.environ) -> Iterator[None]:
+    """``$PROMPTINTERN_THREADS`` set to ``--threads`` while a command runs, so that the library and
+    its worker processes see it, and restored afterwards, so that an in-process caller of
+    ``main()`` (a test, a notebook) keeps its own environment."""
+    if n is None:
+        yield
+        return
+    value, before = str(parse_threads(n, "--threads")), environ.get(THREADS_ENV)
+    environ[THREADS_ENV] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            environ.pop(THREADS_ENV, None)
+        else:
+            environ[THREADS_ENV] = before
 
 
 def available_cores() -> int:
