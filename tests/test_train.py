@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from promptintern.trainer import (
     PadCollator,
     TrainArgs,
     answer_loss,
+    checkpoint_problem,
     latest_checkpoint,
     tokenize_records,
     train_stages,
@@ -265,6 +268,55 @@ def test_resume_after_sigkill_mid_stage_matches_uninterrupted_run(reference_run,
     ref = json.loads((reference_run / "train" / "history.json").read_text())
     losses = [[e["loss"] for e in s["log_history"] if "loss" in e] for s in history["stages"]]
     assert losses == [[e["loss"] for e in s["log_history"] if "loss" in e] for s in ref["stages"]]
+
+
+@pytest.fixture(scope="module")
+def killed_in_stage_1(tmp_path_factory) -> Path:
+    """A run SIGKILLed right after checkpoint-4 of stage 1 (checkpoints 2 and 4 on disk)."""
+    run_dir = tmp_path_factory.mktemp("killed") / "run"
+    proc = run_helper(str(run_dir), "--kill-at", "1:4", check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    return run_dir
+
+
+def _history(run_dir: Path) -> dict:
+    return json.loads((run_dir / "train" / "history.json").read_text())
+
+
+def test_resumed_stage_reports_the_loss_of_all_its_steps(killed_in_stage_1, reference_run, tmp_path):
+    """train_loss of a stage resumed mid-way is the mean over all its steps, as uninterrupted."""
+    run_dir = Path(shutil.copytree(killed_in_stage_1, tmp_path / "run"))
+    train_stages(toy_stages(), model_name="tiny-random", lora=LoraArgs(), args=toy_args(), run_dir=run_dir, resume=True)
+    got, want = _history(run_dir)["stages"], _history(reference_run)["stages"]
+    assert got[1]["resumed_from"] == "checkpoint-4"
+    assert [s["train_loss"] for s in got] == [s["train_loss"] for s in want]
+
+
+@pytest.mark.parametrize("damaged, then", [(["checkpoint-4"], "resuming from checkpoint-2"),
+                                           (["checkpoint-2", "checkpoint-4"], "restarting the stage")])
+def test_damaged_checkpoint_falls_back_and_says_so(killed_in_stage_1, reference_run, tmp_path, caplog, damaged, then):
+    run_dir = Path(shutil.copytree(killed_in_stage_1, tmp_path / "run"))
+    stage1 = run_dir / "train" / "stage-1"
+    assert sorted(p.name for p in stage1.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    for name in damaged:  # cut short, as by a full disk
+        opt = stage1 / name / "optimizer.pt"
+        opt.write_bytes(opt.read_bytes()[: opt.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="promptintern.trainer"):
+        train_stages(toy_stages(), model_name="tiny-random", lora=LoraArgs(), args=toy_args(), run_dir=run_dir,
+                     resume=True)
+    assert f"stage 1: checkpoint-4 cannot be resumed from (optimizer.pt unreadable (BadZipFile)); {then}" in caplog.text
+    assert_same_tensors(adapter_tensors(run_dir / "adapter"), adapter_tensors(reference_run / "adapter"))
+    assert [s["train_loss"] for s in _history(run_dir)["stages"]] == [s["train_loss"] for s in _history(reference_run)["stages"]]
+
+
+def test_checkpoint_problem_names_the_damaged_file(killed_in_stage_1, tmp_path):
+    ckpt = Path(shutil.copytree(killed_in_stage_1 / "train" / "stage-1" / "checkpoint-4", tmp_path / "checkpoint-4"))
+    assert checkpoint_problem(ckpt) is None
+    weights = ckpt / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    assert checkpoint_problem(ckpt) == "adapter_model.safetensors unreadable (SafetensorError)"
+    (ckpt / "trainer_state.json").write_text("{")
+    assert "trainer_state.json" in checkpoint_problem(ckpt)
 
 
 def test_resume_with_kept_optimizer_state_matches_uninterrupted_run(tmp_path):

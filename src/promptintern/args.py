@@ -16,6 +16,7 @@ Field metadata used elsewhere:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from .configtools import from_dict
 from .errors import ConfigError
 
 OPTIMIZER_STATES = ("reset", "keep")
+SHARED_PREFIX_MODES = ("auto", "on", "off")
 KL_LOSSES = ("kl", "ce+kl")
 LOSSES = ("ce", *KL_LOSSES)
 SELF_TEACHER = "self"
@@ -37,6 +39,27 @@ LR_SCHEDULERS = (
     "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
     "warmup_stable_decay", "greedy",
 )
+DTYPES = ("auto", "float32", "bfloat16")
+# Passthrough (``train.extra`` / ``lora.extra``): fields promptintern already exposes under its
+# own name (one way to say each thing), and fields it sets itself for its stage bookkeeping.
+TRAINING_ARGUMENTS_OURS = {
+    "num_train_epochs": "train.epochs_per_stage", "max_steps": "train.max_steps_per_stage",
+    "learning_rate": "train.learning_rate", "lr_scheduler_type": "train.lr_scheduler",
+    "warmup_steps": "train.warmup_ratio", "warmup_ratio": "train.warmup_ratio",
+    "weight_decay": "train.weight_decay", "max_grad_norm": "train.max_grad_norm", "optim": "train.optim",
+    "per_device_train_batch_size": "train.per_device_batch_size",
+    "gradient_accumulation_steps": "train.gradient_accumulation_steps", "seed": "train.seed",
+    "data_seed": "train.seed", "full_determinism": "train.full_determinism", "use_cpu": "train.use_cpu",
+    "bf16": "train.dtype", "fp16": "train.dtype", "save_steps": "train.save_steps",
+    "save_total_limit": "train.save_total_limit", "logging_steps": "train.logging_steps",
+    "report_to": "train.report_to", "dataloader_num_workers": "train.dataloader_num_workers",
+}
+TRAINING_ARGUMENTS_RESERVED = ("output_dir", "run_name", "eval_strategy", "save_strategy", "logging_strategy",
+                               "remove_unused_columns", "label_names", "disable_tqdm", "resume_from_checkpoint")
+LORA_CONFIG_OURS = {"r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+                    "target_modules": "lora.target_modules"}
+LORA_CONFIG_RESERVED = ("task_type", "peft_type", "base_model_name_or_path")
+
 # TrainArgs fields that ``stage_overrides`` may set for a single stage.
 PER_STAGE_FIELDS = frozenset(
     {"epochs_per_stage", "max_steps_per_stage", "learning_rate", "lr_scheduler", "warmup_ratio",
@@ -48,6 +71,16 @@ PER_STAGE_FIELDS = frozenset(
 def volatile_fields(cls: type) -> frozenset[str]:
     """Names of ``cls``'s fields marked ``volatile`` (free to change on resume)."""
     return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("volatile"))
+
+
+def check_extra(where: str, extra: dict[str, Any], ours: dict[str, str], reserved: Sequence[str]) -> None:
+    """Refuse passthrough keys that promptintern exposes or sets itself (values are checked by
+    the library the keys belong to, when the run is checked: see ``promptintern.trainer``)."""
+    for key in extra:
+        if key in ours:
+            raise ConfigError(f"{where}.{key}: set it as {ours[key]} instead")
+        if key in reserved:
+            raise ConfigError(f"{where}.{key}: promptintern sets it itself for every stage")
 
 
 def teacher_kind(teacher: str) -> str:
@@ -75,7 +108,18 @@ class LoraArgs:
                           "comma-separated module names, e.g. 'q_proj,v_proj'."},
     )
 
+    extra: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Any other peft LoraConfig field, passed through and checked by peft, e.g. "
+                          "{use_rslora: true, use_dora: true, bias: lora_only, modules_to_save: [lm_head]}."},
+    )
+
+    def identity_skip(self) -> tuple[str, ...]:
+        """``extra`` left out of the run's identity while empty (runs made before it existed still resume)."""
+        return () if self.extra else ("extra",)
+
     def validate(self) -> None:
+        check_extra("lora.extra", self.extra, LORA_CONFIG_OURS, LORA_CONFIG_RESERVED)
         if self.r < 1:
             raise ConfigError(f"lora.r must be >= 1, got {self.r}")
         if self.alpha <= 0:
@@ -92,8 +136,12 @@ class LoraArgs:
         modules: str | list[str] = (
             targets if targets == "all-linear" else [m.strip() for m in targets.split(",") if m.strip()]
         )
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=modules, bias="none", task_type="CAUSAL_LM")
+        kwargs = {"bias": "none", **self.extra}
+        try:
+            return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                              target_modules=modules, task_type="CAUSAL_LM", **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"lora.extra: {_first_line(exc)}") from exc
 
 
 @dataclass
@@ -113,6 +161,7 @@ class TrainArgs:
     max_length: int = field(default=2048, metadata={"help": "Longest prompt + answer in tokens; longer records are dropped (with a warning), never truncated."})
     seed: int = field(default=0, metadata={"help": "Seed of LoRA init, dropout and data order (stage i uses seed + i)."})
     optimizer_state: str = field(default="reset", metadata={"help": "'reset': fresh AdamW each stage; 'keep': carry AdamW moments and step counts into the next stage.", "choices": OPTIMIZER_STATES})
+    shared_prefix: str = field(default="auto", metadata={"help": "Run the tokens every record of a batch shares (system message + template) once per batch instead of once per record: 'auto' where the model supports it (falls back to the plain pass otherwise), 'on' (error where unsupported), 'off'. Same losses and gradients within float tolerance; a LoRA dropout mask on the prefix is then shared by the batch's rows.", "choices": SHARED_PREFIX_MODES})
     loss: str = field(default="ce", metadata={"help": "Stage loss: 'ce' = cross-entropy on the gold answer tokens (the paper); 'kl' = T²·KL(teacher ‖ student) on the answer tokens, the teacher seeing the stage-0 prompt; 'ce+kl' = (1 − kl_weight)·ce + kl_weight·kl.", "choices": LOSSES})
     kl_weight: float = field(default=0.5, metadata={"help": "λ in (0, 1): weight of the KL term in 'ce+kl', total = (1 − λ)·ce + λ·T²·kl."})
     kl_temperature: float = field(default=1.0, metadata={"help": "T > 0: both distributions are softened by T; the KL is scaled by T² to keep gradient sizes."})
@@ -128,6 +177,13 @@ class TrainArgs:
     num_threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (null = torch's default).", "volatile": True})
     use_cpu: bool = field(default=False, metadata={"help": "Train on the CPU even when a GPU is available."})
     full_determinism: bool = field(default=False, metadata={"help": "Deterministic algorithms everywhere (slower on GPU); CPU training is deterministic without it."})
+    dtype: str = field(default="auto", metadata={"help": "Weights and compute dtype while training: 'auto' = bfloat16 on a GPU that supports it, else float32; or 'float32', 'bfloat16'.", "choices": DTYPES})
+    extra: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Any other transformers TrainingArguments field, passed through and checked by "
+                          "transformers, e.g. {gradient_checkpointing: true, optim_args: 'betas=(0.9,0.95)', "
+                          "fsdp: true, fsdp_config: {...}, deepspeed: ds.json, torch_compile: true}."},
+    )
     stage_overrides: dict[int, dict[str, Any]] = field(
         default_factory=dict,
         metadata={"help": "Per-stage changes: {stage index: {field: value}}, e.g. {0: {learning_rate: 1e-4}}. "
@@ -156,6 +212,7 @@ class TrainArgs:
             self._validate_kl()
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
+        check_extra("train.extra", self.extra, TRAINING_ARGUMENTS_OURS, TRAINING_ARGUMENTS_RESERVED)
         if self.dataloader_num_workers < 0:
             raise ConfigError(f"train.dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}")
         if self.lr_scheduler not in LR_SCHEDULERS:
@@ -186,9 +243,11 @@ class TrainArgs:
         return self.loss in KL_LOSSES
 
     def identity_skip(self) -> tuple[str, ...]:
-        """Fields left out of this run's identity: the KL fields when no teacher is used (so runs
-        made before they existed still resume)."""
-        return () if self.uses_teacher() else KL_FIELDS
+        """Fields left out of this run's identity: the KL fields when no teacher is used, ``dtype``
+        and ``extra`` at their defaults (so runs made before they existed still resume)."""
+        skip = () if self.uses_teacher() else KL_FIELDS
+        skip += () if self.extra else ("extra",)
+        return skip + (("dtype",) if self.dtype == "auto" else ())
 
     def for_stage(self, index: int) -> TrainArgs:
         """These arguments with stage ``index``'s overrides applied (type-checked and validated)."""
@@ -230,3 +289,8 @@ class EvalArgs:
     timeout_s: float = field(default=10.0, metadata={"help": "Wall-clock limit per MBPP program, seconds."})
     bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for 95% confidence intervals."})
     sandbox: str = field(default="bwrap", metadata={"help": "Where model-written code runs (MBPP): 'bwrap', contained, refuses to run where it cannot be established; 'process', uncontained, only as an explicit opt-in (shown in every table and stored in metrics.json).", "choices": ("bwrap", "process"), "volatile": True})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -6,6 +6,7 @@ import argparse
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -79,7 +80,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _threads(args)
     result = run(_config(args), resume=args.resume, force=args.force)
-    print_summary(result, _console())
+    if result:  # empty on the non-main processes of a multi-process launch
+        print_summary(result, _console())
     return 0
 
 
@@ -98,6 +100,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_task(args: argparse.Namespace) -> Any:
+    """The task to score against, with its ``--task-option KEY=VALUE`` options (e.g. geoquery's split)."""
+    from .configtools import apply_overrides
+    from .tasks import get_task
+
+    return get_task(args.task, **apply_overrides({}, getattr(args, "task_option", [])))
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .errors import UserError
     from .evaluate import evaluate_file, format_table
@@ -108,7 +118,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if target.exists() and not args.force:  # refused before scoring; publish_new re-checks atomically
         raise UserError(f"{target} exists; pass --out for another file or --force to replace it")
     with tempfile.TemporaryDirectory(prefix="promptintern-eval-") as scratch:  # nothing lands on a failure
-        metrics = evaluate_file(args.task, preds, args.data_dir, scratch,
+        metrics = evaluate_file(_eval_task(args), preds, args.data_dir, scratch,
                                 sandbox="process" if args.unsafe_sandbox else "bwrap")
     publish_new(metrics, target, replace=args.force)
     _console().print(format_table(metrics))

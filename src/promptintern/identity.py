@@ -81,6 +81,8 @@ def differences(saved: Any, now: Any, path: str = "") -> list[str]:
             if saved.get(key) != now.get(key):
                 out += differences(saved.get(key), now.get(key), f"{path}.{key}" if path else str(key))
         return out
+    if isinstance(saved, list) and isinstance(now, list) and len(saved) == len(now) and saved != now:
+        return [d for i, (a, b) in enumerate(zip(saved, now, strict=True)) for d in differences(a, b, f"{path}[{i}]")]
     return [] if saved == now else [path or "value"]
 
 
@@ -94,9 +96,16 @@ def describe_differences(saved: Any, now: Any, limit: int = 3) -> str:
 
 def _lookup(tree: Any, path: str) -> Any:
     for part in path.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return None
-        tree = tree[part]
+        name, _, rest = part.partition("[")
+        indices = [int(i) for i in rest.rstrip("]").split("][")] if rest else []
+        if name:
+            if not isinstance(tree, dict) or name not in tree:
+                return None
+            tree = tree[name]
+        for i in indices:
+            if not isinstance(tree, list) or i >= len(tree):
+                return None
+            tree = tree[i]
     return tree
 
 

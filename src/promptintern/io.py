@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, UserError
+from .errors import DataError, RunDirError, UserError
 
 MAX_LINE_BYTES = 1 << 20  # 1 MiB per JSONL record; longer lines are refused, not loaded.
 
@@ -66,6 +67,37 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def locked_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive lock on directory ``path`` (created if missing) while the block runs.
+
+    ``flock`` on the directory itself: no lock file to leave behind, and the kernel drops the
+    lock when the holder dies, however it dies, so a killed run never leaves a stale one. A
+    second holder is refused at once with a one-line :class:`RunDirError`.
+    """
+    d = Path(path)
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(f"{d} is in use by another promptintern process; "
+                              "wait for it to finish, or choose another output_dir") from None
+        yield d
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def clear_dir(path: str | os.PathLike[str]) -> None:
+    """Delete everything inside ``path`` but keep the directory (and so a lock held on it)."""
+    for child in Path(path).iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -14,9 +14,10 @@ output exists):
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
-import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 from .config import RunConfig
 from .errors import ConfigError, DataError, RunDirError
 from .identity import describe_differences, differences
-from .io import read_json, write_json, write_text
+from .io import clear_dir, locked_dir, read_json, write_json, write_text
 from .methods import MethodPlan, plan
 from .prompt import EMPTY_TEMPLATE, Template, to_messages
 from .retrieve import Retriever
@@ -81,6 +82,8 @@ class Prepared:
 def open_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
     """Create or reopen the run directory, refusing to mix two configs in one directory.
 
+    The caller holds :func:`promptintern.io.locked_dir` on it (see :func:`train`, :func:`run`).
+
     Fields marked ``volatile`` (logging, checkpoint cadence, threads, output_dir) may change on
     ``--resume``; any other difference is refused, naming the fields.
     """
@@ -88,7 +91,7 @@ def open_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
     marker = run_dir / "run.json"
     if run_dir.exists() and any(run_dir.iterdir()):
         if force:
-            shutil.rmtree(run_dir)
+            clear_dir(run_dir)  # not the directory itself: the caller's lock is held on it
         elif not marker.is_file():
             raise RunDirError(f"{run_dir} exists and is not a promptintern run; use --force to overwrite it")
         else:
@@ -170,6 +173,10 @@ def check(cfg: RunConfig) -> Checked:
     if k_max > len(train) - 1:
         raise ConfigError(f"k={k_max} examples requested but the training pool has only {len(train)} instances")
     load_tokenizer(cfg.model)  # unknown names and unreachable hub ids fail here, before any write
+    if p.trains:
+        from .trainer import check_passthrough
+
+        check_passthrough(cfg.train, cfg.lora)  # train.extra / lora.extra, checked by transformers and peft
     return Checked(task, train, test, p)
 
 
@@ -200,7 +207,7 @@ def _teacher_k(cfg: RunConfig) -> list[int]:
 def _stages(cfg, task, train, p, retriever, templates, run_dir) -> list[Stage]:
     stage_dir = run_dir / "stages" if run_dir else None
     if stage_dir is not None and (stage_dir / "fingerprints.json").is_file():
-        loaded = load_stages(stage_dir, len(p.points))
+        loaded = load_stages(stage_dir, len(p.points), read_json(stage_dir / "fingerprints.json"))
         if loaded is not None:
             return loaded
     k_train = max([pt.k for pt in p.points] + _teacher_k(cfg), default=0)
@@ -236,9 +243,42 @@ def serving_messages(prep: Prepared, instances: Sequence[Instance], tau: float, 
 def train(cfg: RunConfig, resume: bool = False, force: bool = False) -> Path | None:
     """Prepare the stages and train the method's adapter; returns its directory (None for ``base``)."""
     checked = check(cfg)
-    run_dir = open_run_dir(cfg, resume, force)
-    prep = prepare(cfg, run_dir, checked)
-    return _train(prep, run_dir, resume)
+    with opened(cfg, checked, resume, force) as (prep, run_dir, _):
+        return _train(prep, run_dir, resume)
+
+
+@contextlib.contextmanager
+def opened(cfg: RunConfig, checked: Checked, resume: bool, force: bool) -> Iterator[tuple[Prepared, Path, bool]]:
+    """(prepared run, run directory, is the main process) for the block's life.
+
+    Under ``torchrun`` or ``accelerate launch`` every process runs the command. Only the main
+    process locks the directory (for the whole block), opens it and prepares the stages; the
+    others wait for it and then read the files it wrote. No two processes write one file.
+    """
+    state = process_state(cfg)
+    if state is not None and not state.is_main_process:
+        state.wait_for_everyone()  # the main process has prepared the directory
+        run_dir = Path(cfg.output_dir)
+        yield prepare(cfg, run_dir, checked), run_dir, False
+        return
+    with locked_dir(cfg.output_dir):  # held to the end: a second run, --resume or --force is refused
+        run_dir = open_run_dir(cfg, resume, force)
+        prep = prepare(cfg, run_dir, checked)
+        if state is not None:
+            state.wait_for_everyone()
+        yield prep, run_dir, True
+
+
+def process_state(cfg: RunConfig) -> Any:
+    """accelerate's process state when launched as several processes (torchrun, accelerate
+    launch: ``WORLD_SIZE`` > 1), which joins the process group; None in a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    # the same choice as train_stages: accelerate treats a CUDA-less machine as multi-CPU (gloo) only when asked
+    return PartialState(cpu=cfg.train.use_cpu or not torch.cuda.is_available())
 
 
 def _train(prep: Prepared, run_dir: Path, resume: bool) -> Path | None:
@@ -274,6 +314,13 @@ def systems(prep: Prepared) -> dict[str, tuple[bool, float, int]]:
 
 def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, Any]:
     """The whole job; returns the metrics dict also written to ``run_dir/metrics.json``."""
+    checked = check(cfg)
+    with opened(cfg, checked, resume, force) as (prep, run_dir, is_main):
+        return _run(prep, run_dir, resume, is_main)
+
+
+def _run(prep: Prepared, run_dir: Path, resume: bool, is_main: bool) -> dict[str, Any]:
+    """Train, then (main process only) serve, evaluate and report; ``{}`` on the other processes."""
     import time
 
     from .answer_length import resolve_infer_args
@@ -282,12 +329,12 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
     from .models import load_model
     from .report import write_report
 
-    checked = check(cfg)
-    run_dir = open_run_dir(cfg, resume, force)
-    prep = prepare(cfg, run_dir, checked)
+    cfg = prep.cfg
     _check_sandbox(prep.task.metric, cfg.eval.sandbox)
     t0 = time.perf_counter()
     adapter = _train(prep, run_dir, resume)
+    if not is_main:  # serving and scoring run once, on the main process
+        return {}
     train_info = _train_info(run_dir, time.perf_counter() - t0)
     results: dict[str, Any] = {}
     base = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -19,6 +20,8 @@ from .errors import ConfigError
 from .io import read_jsonl, write_jsonl
 from .prompt import EMPTY_TEMPLATE, Example, Prompt, PromptFormat, Template, to_messages
 from .tasks.base import Instance, Task
+
+logger = logging.getLogger(__name__)
 
 STAGE_MODES = ("revisit", "slice")
 
@@ -137,14 +140,20 @@ def save_stages(stages: Sequence[Stage], directory: Path) -> dict[str, str]:
     return prints
 
 
-def load_stages(directory: Path, n_stages: int) -> list[Stage] | None:
-    """Stages saved by :func:`save_stages`, or None when any file is missing."""
+def load_stages(directory: Path, n_stages: int, fingerprints: Mapping[str, str] | None = None) -> list[Stage] | None:
+    """Stages saved by :func:`save_stages`, or None when any file is missing or, given the
+    ``fingerprints`` :func:`save_stages` returned, any file's content no longer matches its own
+    (an edited or damaged file is rebuilt, never trained on)."""
     stages = []
     for i in range(n_stages):
         path = directory / f"stage-{i}.jsonl"
         if not path.is_file():
             return None
         rows = read_jsonl(path)
+        if fingerprints is not None and fingerprints.get(f"stage-{i}") != fingerprint_rows(rows):
+            logger.warning("%s does not match its fingerprint in fingerprints.json (edited or damaged); "
+                           "rebuilding the stage files from the config", path)
+            return None
         records = [StageRecord(r["id"], r["messages"], r["answer"], r.get("teacher_messages")) for r in rows]
         tau, k = (rows[0]["tau"], rows[0]["k"]) if rows else (0.0, 0)
         stages.append(Stage(index=i, tau=tau, k=k, records=records))

@@ -58,6 +58,7 @@ import json
 import logging
 import shutil
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,7 @@ from .identity import as_json, describe_differences, identity_view, model_identi
 from .io import atomic_dir, read_json, write_json
 from .progress import progress_bar
 from .prompt import IGNORE_INDEX, encode_chat
+from .shared_prefix import BatchTokens, token_summary
 from .stages import Stage, StageRecord, record_row
 
 logger = logging.getLogger(__name__)
@@ -98,7 +100,8 @@ logger = logging.getLogger(__name__)
 # TrainArgs fields that may change between a run and its resume: they do not change the weights.
 VOLATILE_FIELDS = volatile_fields(TrainArgs)
 DONE_FILE = "DONE.json"
-WALL_FILE = "wall_s.json"  # in each checkpoint: the stage's training seconds up to it
+WALL_FILE = "wall_s.json"  # in checkpoints of older versions: the stage's training seconds up to it
+CARRY_KEY = "promptintern_stage"  # our bookkeeping inside a checkpoint's trainer_state.json
 
 
 # ---------------------------------------------------------------- data
@@ -169,14 +172,16 @@ class PadCollator:
 # ---------------------------------------------------------------- loss
 
 
-def answer_loss(model: Any, inputs: dict[str, torch.Tensor], num_items_in_batch: Any = None) -> torch.Tensor:
+def answer_loss(model: Any, inputs: dict[str, torch.Tensor], num_items_in_batch: Any = None,
+                shared_prefix: str = "off", tokens: list[BatchTokens] | None = None) -> torch.Tensor:
     """Next-token cross-entropy on the answer tokens, with LM-head logits at those positions only.
 
     Position ``t`` predicts token ``t + 1``, so the kept positions are those whose next label
     is not -100. The summed loss is divided by ``num_items_in_batch`` (the answer-token count
     of the whole accumulated batch, from the Trainer) or else by this batch's count.
     """
-    logits, targets = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+    logits, targets = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
+                                    shared_prefix=shared_prefix, tokens=tokens)
     total = F.cross_entropy(logits.float(), targets, reduction="sum")
     count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
     return total / count
@@ -193,14 +198,23 @@ def _make_trainer_class() -> type:
         loss_is_scaled_for_ga = True
 
         def __init__(self, *args: Any, loss: str = "ce", optimizer_state: dict | None = None,
-                     teacher: Teacher | None = None, kl_weight: float = 0.5, **kwargs: Any):
+                     teacher: Teacher | None = None, kl_weight: float = 0.5, carry: dict | None = None,
+                     shared_prefix: str = "off", **kwargs: Any):
             super().__init__(*args, **kwargs)
+            # What a resumed stage takes over from its checkpoint (see _save_checkpoint).
+            self.carry = carry or {}
+            self.t0 = time.perf_counter()
+            self.add_callback(_seed_callback_class()(self))
             if loss not in LOSSES:
                 raise ConfigError(f"train.loss: {loss!r} is not one of {', '.join(LOSSES)}")
             if loss in KL_LOSSES and teacher is None:
                 raise ConfigError(f"train.loss: {loss!r} needs a teacher")
             self.loss_name = loss
             self.teacher, self.kl_weight = teacher, kl_weight
+            self.shared_prefix = shared_prefix
+            self.batch_tokens: list[BatchTokens] = []  # this stage's token accounting, this process
+            if teacher is not None:
+                teacher.shared_prefix = shared_prefix
             self.loss_parts: list[Any] = []  # summed (ce, kl, tokens) since the last log, this process
             self.carried_optimizer_state = optimizer_state
             # Have the Trainer count the answer tokens of each accumulated batch for compute_loss.
@@ -208,11 +222,12 @@ def _make_trainer_class() -> type:
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
             if self.loss_name == "ce":
-                loss = answer_loss(model, inputs, num_items_in_batch)
+                loss = answer_loss(model, inputs, num_items_in_batch, self.shared_prefix, self.batch_tokens)
             else:
                 loss, parts = distill_loss(model, self.teacher, inputs, loss=self.loss_name, kl_weight=self.kl_weight,
                                            student=self.accelerator.unwrap_model(model),
-                                           num_items_in_batch=num_items_in_batch)
+                                           num_items_in_batch=num_items_in_batch,
+                                           shared_prefix=self.shared_prefix, tokens=self.batch_tokens)
                 self.loss_parts.append(parts)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 # num_items_in_batch is then the global count, while DDP averages gradients over processes.
@@ -228,6 +243,16 @@ def _make_trainer_class() -> type:
                 self.loss_parts = []
             super().log(logs, start_time)
 
+        def _save_checkpoint(self, model, trial):  # noqa: ANN001
+            # Before the Trainer writes trainer_state.json (last), so every complete checkpoint holds
+            # the summed loss of the steps before it and the stage's seconds so far.
+            self.state.stateful_callbacks[CARRY_KEY] = {
+                "step": self.state.global_step,
+                "loss_sum": self._total_loss_scalar + float(self._tr_loss.item()),
+                "train_wall_s": self.carry.get("train_wall_s", 0.0) + time.perf_counter() - self.t0,
+            }
+            super()._save_checkpoint(model, trial)
+
         def create_optimizer(self, model=None):  # noqa: ANN001
             optimizer = super().create_optimizer(model)
             if self.carried_optimizer_state is not None:
@@ -242,28 +267,41 @@ def _make_trainer_class() -> type:
 # ---------------------------------------------------------------- progress
 
 
-def _wall_clock_callback_class() -> type:
+def _seed_callback_class() -> type:
     from transformers import TrainerCallback
 
-    class WallClock(TrainerCallback):
-        """Writes the stage's training seconds so far into each checkpoint, so that a resumed
-        stage's ``train_wall_s`` also counts the time spent before the checkpoint it resumed from."""
+    class SeedResumedLoss(TrainerCallback):
+        """On a resumed stage, starts the Trainer's loss sum at the checkpoint's, so the stage's
+        ``train_loss`` is the mean over all its steps, as in an uninterrupted run (same additions
+        in the same order when checkpoints fall on logging steps)."""
 
-        def __init__(self, before_s: float, is_main: bool) -> None:
-            self.before_s, self.is_main, self.t0 = before_s, is_main, time.perf_counter()
+        def __init__(self, trainer: Any) -> None:
+            self.trainer = trainer
 
-        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
-            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if self.is_main and ckpt.is_dir():
-                write_json(ckpt / WALL_FILE, {"train_wall_s": self.before_s + time.perf_counter() - self.t0})
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            carry = self.trainer.carry
+            if carry.get("step") == state.global_step and state.global_step > 0:
+                # The Trainer divides its loss sum by the steps since _initial_global_step (its
+                # train_loss in the result and in log_history): count from the stage's start.
+                self.trainer._total_loss_scalar = float(carry["loss_sum"])
+                self.trainer._initial_global_step = 0
 
-    return WallClock
+    return SeedResumedLoss
 
 
-def _wall_before(checkpoint: Path | None) -> float:
-    """Training seconds recorded in ``checkpoint`` (0 for none, or for one written before they were)."""
-    path = checkpoint / WALL_FILE if checkpoint else None
-    return float(read_json(path).get("train_wall_s", 0.0)) if path and path.is_file() else 0.0
+def checkpoint_carry(checkpoint: Path | None) -> dict[str, Any]:
+    """The bookkeeping a checkpoint holds for its stage: step, loss sum, seconds (``{}`` for none).
+
+    Checkpoints written before it was kept in trainer_state.json hold only their seconds, in
+    ``wall_s.json``.
+    """
+    if checkpoint is None:
+        return {}
+    state = read_json(checkpoint / "trainer_state.json")
+    carry = dict(state.get("stateful_callbacks", {}).get(CARRY_KEY) or {})
+    if not carry and (checkpoint / WALL_FILE).is_file():
+        carry = {"train_wall_s": float(read_json(checkpoint / WALL_FILE).get("train_wall_s", 0.0))}
+    return carry
 
 
 def _progress_callback_class() -> type:
@@ -323,27 +361,57 @@ def _checkpoint_step(path: Path) -> int:
     return int(suffix) if suffix.isdigit() else -1
 
 
-def _is_complete_checkpoint(path: Path, world_size: int) -> bool:
-    """A checkpoint the Trainer finished writing (trainer_state.json is written last)."""
+def checkpoint_problem(path: Path, world_size: int = 1) -> str | None:
+    """Why a stage cannot resume from ``path`` (None: it can).
+
+    Every file a resume reads is checked the way it will be read, short of unpickling:
+    trainer_state.json (written last, so its absence means a save cut short) is parsed, the
+    zip archives ``torch.save`` writes are checked member by member (CRC), the adapter's
+    safetensors header is checked against the file. A checkpoint damaged by a crash or a full
+    disk is found here instead of failing the Trainer's resume with a raw traceback.
+    """
     try:
         json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
+        return "trainer_state.json missing or unreadable (the save was cut short)"
     rng = ["rng_state.pth"] if world_size <= 1 else [f"rng_state_{r}.pth" for r in range(world_size)]
-    needed = ["adapter_model.safetensors", "optimizer.pt", "scheduler.pt", *rng]
-    return all((path / name).is_file() for name in needed)
+    for name in ["adapter_model.safetensors", "optimizer.pt", "scheduler.pt", *rng]:
+        f = path / name
+        if not f.is_file():
+            return f"{name} missing"
+        try:
+            if name.endswith(".safetensors"):
+                from safetensors import safe_open
+
+                with safe_open(str(f), "np") as fh:  # checks the header covers the file exactly
+                    fh.keys()
+            else:
+                with zipfile.ZipFile(f) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    return f"{name}: member {bad} is corrupt"
+        except Exception as exc:  # any failure to read it means it cannot be resumed from
+            return f"{name} unreadable ({type(exc).__name__})"
+    return None
+
+
+def _resume_point(stage_dir: Path, world_size: int) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest usable ``checkpoint-N`` of a stage and the unusable newer ones, with why."""
+    found = sorted((p for p in stage_dir.glob("checkpoint-*") if _checkpoint_step(p) >= 0 and p.is_dir()),
+                   key=_checkpoint_step, reverse=True)
+    unusable = []
+    for ckpt in found:
+        problem = checkpoint_problem(ckpt, world_size)
+        if problem is None:
+            return ckpt, unusable
+        unusable.append((ckpt, problem))
+    return None, unusable
 
 
 def latest_checkpoint(stage_dir: Path, world_size: int = 1) -> tuple[Path | None, list[Path]]:
-    """The newest complete ``checkpoint-N`` of a stage and the incomplete ones newer than it."""
-    found = sorted((p for p in stage_dir.glob("checkpoint-*") if _checkpoint_step(p) >= 0 and p.is_dir()),
-                   key=_checkpoint_step, reverse=True)
-    broken = []
-    for ckpt in found:
-        if _is_complete_checkpoint(ckpt, world_size):
-            return ckpt, broken
-        broken.append(ckpt)
-    return None, broken
+    """The newest usable ``checkpoint-N`` of a stage and the unusable ones newer than it."""
+    ckpt, unusable = _resume_point(stage_dir, world_size)
+    return ckpt, [path for path, _ in unusable]
 
 
 def stage_done(stage_dir: Path) -> bool:
@@ -376,7 +444,7 @@ def _training_arguments(args: TrainArgs, stage_dir: Path, seed: int, use_cpu: bo
                         world_size: int) -> Any:
     from transformers import TrainingArguments
 
-    return TrainingArguments(
+    ours = dict(
         output_dir=str(stage_dir),
         run_name=stage_dir.name,
         num_train_epochs=args.epochs_per_stage,
@@ -408,6 +476,31 @@ def _training_arguments(args: TrainArgs, stage_dir: Path, seed: int, use_cpu: bo
         label_names=["labels"],
         ddp_find_unused_parameters=False if world_size > 1 else None,
     )
+    # ``train.extra`` last: what the user passes through wins over our defaults (its keys never
+    # name a field set above from TrainArgs: TrainArgs.validate refuses those).
+    try:
+        return TrainingArguments(**{**ours, **args.extra})
+    except (TypeError, ValueError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"train.extra: {text}") from exc
+
+
+def resolve_dtype(args: TrainArgs, use_cpu: bool) -> torch.dtype:
+    """``train.dtype``: ``auto`` = bf16 on a GPU that supports it, else fp32."""
+    from .models import pick_dtype
+
+    return pick_dtype("cpu" if use_cpu else "cuda") if args.dtype == "auto" else getattr(torch, args.dtype)
+
+
+def check_passthrough(args: TrainArgs, lora: LoraArgs) -> None:
+    """Have transformers and peft check ``train.extra`` / ``lora.extra`` before anything is written."""
+    import tempfile
+
+    use_cpu = args.use_cpu or not torch.cuda.is_available()
+    bf16 = resolve_dtype(args, use_cpu) == torch.bfloat16
+    with tempfile.TemporaryDirectory() as tmp:
+        _training_arguments(args, Path(tmp), args.seed, use_cpu, bf16, 1)
+    lora.to_peft()
 
 
 def _barrier() -> None:
@@ -467,18 +560,22 @@ def _prepare_run_dir(
     fresh = force or not resume
     done = [not fresh and stage_done(_stage_dir(train_dir, s.index)) for s in stages]
     first_open = next((i for i, d in enumerate(done) if not d), len(stages))
-    resume_from, broken = None, []
+    resume_from, unusable, leftovers = None, [], []
     if first_open < len(stages) and not fresh:
         open_dir = _stage_dir(train_dir, stages[first_open].index)
-        resume_from, broken = latest_checkpoint(open_dir, world)
-        broken += list(open_dir.glob(".final.*"))  # an interrupted atomic write of final/
+        resume_from, unusable = _resume_point(open_dir, world)
+        leftovers = list(open_dir.glob(".final.*"))  # an interrupted atomic write of final/
     _barrier()
     if is_main:
         if force:
             shutil.rmtree(train_dir, ignore_errors=True)
             shutil.rmtree(adapter_dir, ignore_errors=True)
-        for path in broken:
-            logger.warning("removing incomplete %s", path)
+        if unusable:
+            index = stages[first_open].index
+            then = f"resuming from {resume_from.name}" if resume_from else "restarting the stage"
+            for path, problem in unusable:
+                logger.warning("stage %d: %s cannot be resumed from (%s); %s", index, path.name, problem, then)
+        for path in [p for p, _ in unusable] + leftovers:
             shutil.rmtree(path, ignore_errors=True)
         write_json(train_dir / "config.json", record)
     _barrier()
@@ -501,18 +598,21 @@ def _train_stage(
         raise DataError(f"stage {stage.index}: no record fits max_length={args.max_length} tokens")
     tok = sess.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    before_s = _wall_before(checkpoint)
+    carry = checkpoint_carry(checkpoint)
+    before_s = float(carry.get("train_wall_s", 0.0))
     trainer = _make_trainer_class()(
         model=sess.model,
         args=_training_arguments(args, sdir, sess.seed + stage.index, sess.use_cpu, sess.bf16, sess.world),
         train_dataset=data,
         data_collator=PadCollator(pad_id),
         callbacks=[_progress_callback_class()(sess.progress, label),
-                   _wall_clock_callback_class()(before_s, sess.is_main), *sess.callbacks],
+                   *sess.callbacks],
         loss=args.loss,
         optimizer_state=optimizer_state if args.optimizer_state == "keep" else None,
         teacher=sess.teacher,
         kl_weight=args.kl_weight,
+        carry=carry,
+        shared_prefix=args.shared_prefix,
     )
     trainer.remove_callback(PrinterCallback)
     teacher_before = sess.teacher.stats() if sess.teacher is not None else None
@@ -528,6 +628,7 @@ def _train_stage(
         "stage": stage.index, "tau": stage.tau, "k": stage.k, "n_records": len(stage.records),
         "n_dropped": len(dropped), "steps": result.global_step, "train_loss": result.training_loss,
         "train_wall_s": before_s + wall, "wall_s_before_resume": before_s, "s_per_step": wall / max(1, steps_run),
+        **token_summary(trainer.batch_tokens),
         **teacher_stats,
         "resumed_from": checkpoint.name if checkpoint else None, "log_history": trainer.state.log_history,
     }
@@ -580,7 +681,7 @@ def train_stages(
     from peft import get_peft_model
     from transformers import set_seed
 
-    from .models import load_model, pick_dtype, set_cpu_threads
+    from .models import load_model, set_cpu_threads
 
     if not stages:
         raise ConfigError("no stages to train")
@@ -610,7 +711,7 @@ def train_stages(
     if first_open == len(stages) and adapter_dir.is_dir():
         return adapter_dir
 
-    dtype = pick_dtype("cpu" if use_cpu else "cuda")
+    dtype = resolve_dtype(args, use_cpu)
     base, tokenizer = load_model(model_name, dtype=dtype, device="cpu")  # the Trainer places it
     set_seed(args.seed)
     model = get_peft_model(base, lora.to_peft())
