@@ -20,7 +20,9 @@ Both use greedy decoding with the same ``max_tokens``. Measured per system: requ
 requests over the summed wall time of its turns), p50/p95/mean latency per request (send to
 answer, queueing behind the turn's other requests included), errors (exceptions or non-200;
 must be 0), mean prompt and completion tokens (from the responses' ``usage``), the server's
-start time and the machine's mean 1-minute load average at the start of its turns. Two warm-up
+start time, the server process's CPU seconds per request (user + system, all threads, during its
+turns; with one torch thread, roughly what a request would take on a core of its own) and the
+machine's mean 1-minute load average at the start of its turns. Two warm-up
 requests per system are sent first and not counted. ``transformers serve`` without continuous
 batching runs one ``generate`` at a time, so concurrent requests queue: latency grows with
 concurrency while requests/s stays that of one stream.
@@ -90,8 +92,8 @@ def _healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def server(run_dir: Path, threads: int, log_path: Path) -> Iterator[tuple[str, float]]:
-    """``promptintern serve run_dir`` on a free loopback port; yields (base URL, start seconds)."""
+def server(run_dir: Path, threads: int, log_path: Path) -> Iterator[tuple[str, float, int]]:
+    """``promptintern serve run_dir`` on a free loopback port; yields (base URL, start seconds, pid)."""
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "promptintern.cli", "--threads", str(threads), "serve", str(run_dir),
@@ -104,7 +106,7 @@ def server(run_dir: Path, threads: int, log_path: Path) -> Iterator[tuple[str, f
             if proc.poll() is not None or time.perf_counter() - t0 > START_TIMEOUT_S:
                 raise RuntimeError(f"server for {run_dir} did not start (exit {proc.poll()}); see {log_path}")
             time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v1", time.perf_counter() - t0
+        yield f"http://127.0.0.1:{port}/v1", time.perf_counter() - t0, proc.pid
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -130,6 +132,12 @@ def _one(client: Any, model: str, messages: list[dict[str, str]], max_tokens: in
                 "prompt_tokens": None, "completion_tokens": None}
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) the process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (``q`` in 0..100) of ``values``."""
     ordered = sorted(values)
@@ -148,6 +156,8 @@ class System:
     url: str = ""
     model: str = ""
     start_s: float = 0.0
+    pid: int = 0
+    cpu_s: float = 0.0
     pool: ThreadPoolExecutor | None = None
     local: threading.local = field(default_factory=threading.local)
     results: list[dict[str, Any]] = field(default_factory=list)
@@ -172,9 +182,10 @@ class System:
     def block(self, start: int, size: int, max_tokens: int) -> None:
         """Send requests ``start .. start + size`` concurrently; adds their results and wall time."""
         self.loadavg.append(os.getloadavg()[0])
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_seconds(self.pid)
         self.results += self.send(self.requests[start:start + size], max_tokens)
         self.wall_s += time.perf_counter() - t0
+        self.cpu_s += cpu_seconds(self.pid) - cpu0
 
     def figures(self, concurrency: int, max_tokens: int) -> dict[str, Any]:
         lat = [r["latency_s"] for r in self.results]
@@ -191,6 +202,7 @@ class System:
             "latency_mean_s": statistics.fmean(lat),
             "prompt_tokens_mean": statistics.fmean(r["prompt_tokens"] for r in good) if good else None,
             "completion_tokens_mean": statistics.fmean(r["completion_tokens"] for r in good) if good else None,
+            "server_cpu_s_per_request": self.cpu_s / len(self.results),
             "server_start_s": self.start_s, "loadavg_1min_mean": statistics.fmean(self.loadavg),
         }
 
@@ -242,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: run %s (method %s), %d requests", label, run_dir, method, len(requests))
     with contextlib.ExitStack() as stack:
         for s in systems:
-            url, s.start_s = stack.enter_context(server(s.run_dir, args.threads, log_path))
+            url, s.start_s, s.pid = stack.enter_context(server(s.run_dir, args.threads, log_path))
             log.info("%s: server up at %s after %.1f s", s.label, url, s.start_s)
             s.connect(url, args.concurrency)
             stack.callback(s.pool.shutdown)
