@@ -5,3 +5,8 @@ per-item scores each run stores in its metrics.json; speed is measured at forced
 cost counts prompt caching and training. See :mod:`.plan`, :mod:`.stats`, :mod:`.speed`,
 :mod:`.cost` and :mod:`.report`.
 """
+
+from .core import PASSES, compare, verdict
+from .plan import METHODS, CompareArgs
+
+__all__ = ["METHODS", "PASSES", "CompareArgs", "compare", "verdict"]

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..io import read_json, write_json
 from .cost import break_even, method_costs
-from .plan import METHODS, REFERENCES, Plan, load_compare_config
+from .plan import METHODS, REFERENCES, CompareArgs, Plan, load_compare_config
 from .runs import finished, read_run, run_all
 from .stats import accuracy, item_scores, more_data_needed, statistic_name
 
@@ -144,7 +144,8 @@ def collect(plan: Plan) -> dict[str, Any]:
             else:
                 runs[method][seed] = r
     metric = next((r["metric"] for m in runs.values() for r in m.values()), None)
-    task_name = next((r["task"] for m in runs.values() for r in m.values()), str(plan.base.task))
+    fallback = scaling["settings"]["task"] if scaling else str(plan.base.task)
+    task_name = next((r["task"] for m in runs.values() for r in m.values()), fallback)
     scores = {m: {s: item_scores(r["system"], metric) for s, r in rs.items()} for m, rs in runs.items()}
     acc = accuracy(scores, [r for r in REFERENCES if r in plan.args.methods], plan.args.resamples,
                    plan.args.bootstrap_seed) if metric else {"methods": {}, "differences": {}, "n_items": 0}
@@ -160,7 +161,7 @@ def collect(plan: Plan) -> dict[str, Any]:
         "speed": speed, "speedups": _speedups(speed, plan.args.speed.lengths), "scaling": scaling,
         "cost": cost, "tolerance": plan.args.tolerance, "resamples": plan.args.resamples,
     }
-    results["verdict"] = verdict(results, plan)
+    results["verdict"] = verdict(results, plan.args)
     return results
 
 
@@ -219,11 +220,11 @@ def _speedups(speed: dict[str, Any], lengths: Sequence[int]) -> dict[str, Any]:
     return out
 
 
-def verdict(results: dict[str, Any], plan: Plan) -> dict[str, Any]:
+def verdict(results: dict[str, Any], args: CompareArgs) -> dict[str, Any]:
     """The cheapest method within ``tolerance`` of full-prompt FT (non-inferior: the interval's lower
     end at or above −tolerance), or what the data cannot tell and how much more would."""
-    tol, diffs = plan.args.tolerance, results["accuracy"]["differences"]
-    profile = plan.args.cost.profiles[0].name
+    tol, diffs = args.tolerance, results["accuracy"]["differences"]
+    profile = args.cost.profiles[0].name
     costs = results["cost"]["profiles"].get(profile, {}).get("methods", {})
     ref = results["cost"]["reference"]
     if "full-prompt" not in results["methods"] or ref not in costs:

@@ -72,6 +72,8 @@ METHODS: dict[str, CompareMethod] = {
     "examples-only": CompareMethod("examples-only", "k follows the schedule, τ stays τ0; served (τ0, 0)"),
     "promptintern-exponential": CompareMethod("promptintern", "progressive, exponential schedule",
                                               shape="exponential"),
+    "promptintern-inverse_exponential": CompareMethod("promptintern", "progressive, inverse-exponential schedule",
+                                                      shape="inverse_exponential"),
     "promptintern-revisit": CompareMethod("promptintern", "linear schedule, every stage sees all pairs "
                                           "(N× the steps)", shape="linear", revisit=True),
     "promptintern+kl": CompareMethod("promptintern", "linear schedule, ce+kl loss, self-teacher on the stage-0 "

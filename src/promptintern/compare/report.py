@@ -82,6 +82,8 @@ def render(results: dict[str, Any]) -> str:
 
 def _accuracy_section(results: dict[str, Any]) -> list[str]:
     acc, stat = results["accuracy"], results.get("statistic")
+    if not acc["methods"]:
+        return ["## Accuracy across seeds", "", "No (method, seed) run has finished yet.", ""]
     lines = ["## Accuracy across seeds", "",
              f"Statistic: {stat}, from the per-item scores stored in each run's metrics.json, over "
              f"{acc['n_items']} test items. Differences: bootstrap over test items and seeds "
