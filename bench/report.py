@@ -14,7 +14,7 @@ from promptintern.io import atomic_path, write_json, write_text
 REFERENCE = "full-prompt"
 HEADLINE_METHOD = "promptintern"
 COMPARED = ("full-prompt", "query-only", "compressed")  # paired deltas of PromptIntern against these
-# issue 7: what the KL stage loss bought, as paired deltas (a − b) besides each row's Δ vs full-prompt
+# What the KL stage loss bought, as paired deltas (a − b) besides each row's Δ vs full-prompt
 DISTILL_COMPARISONS = (("promptintern+kl", "promptintern"), ("query-only+kl", "promptintern"),
                        ("query-only+kl", "query-only"))
 # the paper's ablations and our schedule variants, as paired deltas (a − b): what each ingredient adds
@@ -234,7 +234,7 @@ def _distill_lines(results: dict[str, Any], key: str) -> list[str]:
             parts.append(f"{fp:+.1f} {_fmt_ci(e.get('delta_vs_full_prompt_ci95', {}).get(key))} vs full-prompt")
         cost = (f"; train s includes the teacher's {e['teacher_train_wall_s']:.0f} s" if e.get("teacher_train_wall_s")
                 else f"; {e['teacher_wall_s']:.0f} s of it on teacher targets" if e.get("teacher_wall_s") else "")
-        lines.append(f"- `{name}` (issue 7, KL distillation): " + ", ".join(parts) + cost + ".")
+        lines.append(f"- `{name}` (KL distillation): " + ", ".join(parts) + cost + ".")
     return lines
 
 

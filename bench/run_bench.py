@@ -87,7 +87,7 @@ class BenchMethod:
     compress: str | None = None  # compress.method override
     revisit: bool = False  # stage_mode revisit, the full step count in every stage
     prefix_cache_of: str | None = None  # serve this method's adapter with the prefix KV cache
-    loss: str | None = None  # train.loss override (issue 7's distillation rows: "ce+kl")
+    loss: str | None = None  # train.loss override (the distillation rows: "ce+kl")
     teacher_of: str | None = None  # frozen KL teacher = this method's adapter (None: teacher "self")
 
 
@@ -128,7 +128,7 @@ class Prices:
     input_per_1m: float = field(default=3.0, metadata={"help": "$ per 1M input tokens."})
     output_per_1m: float = field(default=6.0, metadata={"help": "$ per 1M output tokens."})
     cached_input_per_1m: float | None = field(default=None, metadata={"help": "$ per 1M input tokens served from a prompt cache (the prefix-cache method); null = billed as input."})
-    source: str = field(default="the example prices of a fine-tuned hosted model in issue 6; prefix-cached input billed as input",
+    source: str = field(default="the example prices of a fine-tuned hosted model in the cost model; prefix-cached input billed as input",
                         metadata={"help": "Where the prices come from (printed with the results)."})
 
     def validate(self) -> None:
@@ -422,7 +422,7 @@ def run_method(bench: Bench, name: str) -> dict[str, Any]:
     }
     if hist.get("teacher_wall_s"):
         entry["teacher_wall_s"] = float(hist["teacher_wall_s"])
-    if teacher is not None:  # issue 7: the frozen teacher's own training is part of this method's cost
+    if teacher is not None:  # the frozen teacher's own training is part of this method's cost
         entry.update(own_train_wall_s=entry["train_wall_s"], teacher_train_wall_s=teacher["train_wall_s"],
                      teacher_from=METHODS[name].teacher_of)
         entry["train_wall_s"] += teacher["train_wall_s"]

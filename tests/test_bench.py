@@ -61,13 +61,13 @@ def test_results_json_has_the_issue_shape(bench_run):
         assert all(k in m for k in PER_METHOD), name
         assert m["input_tokens_mean"] > 0 and m["latency_s_mean"] > 0 and m["throughput_qps"] > 0
         assert m["latency_n"] == 2 and m["latency_batch_size"] == 1
-        assert "exact_match" in m["metrics"] and len(m["ci95"]["exact_match"]) == 2
+        assert "sql_execution" in m["metrics"] and len(m["ci95"]["sql_execution"]) == 2
         expected = m["input_tokens_mean"] * 3 / 1000 + m["output_tokens_mean"] * 6 / 1000
         assert m["cost_per_1k_queries"] == pytest.approx(expected)
         assert not m["run_dir"].startswith(str(ROOT))
     fp, pc, pi = (r["methods"][n] for n in ("full-prompt", "full-prompt+prefix-cache", "promptintern"))
-    assert fp["delta_vs_full_prompt_ci95"]["exact_match"] == [0.0, 0.0]
-    assert pc["metrics"] == fp["metrics"] and pc["delta_vs_full_prompt_ci95"]["exact_match"] == [0.0, 0.0]
+    assert fp["delta_vs_full_prompt_ci95"]["sql_execution"] == [0.0, 0.0]
+    assert pc["metrics"] == fp["metrics"] and pc["delta_vs_full_prompt_ci95"]["sql_execution"] == [0.0, 0.0]
     assert pc["cached_tokens_mean"] > 0 and pc["throughput_batch_size"] == 1 and fp["throughput_batch_size"] == 8
     assert pi["input_tokens_mean"] < fp["input_tokens_mean"] / 5  # served with the query alone
     assert set(r["comparisons"]) == {"promptintern vs full-prompt", "promptintern vs query-only",
@@ -96,17 +96,17 @@ def test_kl_rows_distil_and_count_the_teachers_training(bench_run):
     assert train["loss"] == "ce+kl" and train["teacher_cache"] and train["teacher"].endswith("full-prompt/adapter")
     assert any((tmp / "runs" / "query-only+kl" / "train" / "teacher-cache").iterdir())
     md = (tmp / "results" / "sql.md").read_text()
-    assert "`query-only+kl` (issue 7, KL distillation): exact_match" in md and "vs full-prompt" in md
+    assert "`query-only+kl` (KL distillation): sql_execution" in md and "vs full-prompt" in md
 
 
 def test_ablation_pairs_are_compared_and_rendered(bench_run):
     tmp, _ = bench_run
     r = _results(tmp)
-    d = r["comparisons"]["promptintern vs template-only"]["exact_match"]
-    pi, to = (r["methods"][n]["metrics"]["exact_match"] for n in ("promptintern", "template-only"))
+    d = r["comparisons"]["promptintern vs template-only"]["sql_execution"]
+    pi, to = (r["methods"][n]["metrics"]["sql_execution"] for n in ("promptintern", "template-only"))
     assert d["delta"] == pytest.approx(pi - to) and d["ci95"][0] <= d["delta"] <= d["ci95"][1]
     md = (tmp / "results" / "sql.md").read_text()
-    assert f"- Ablation `promptintern` − `template-only`: exact_match {d['delta']:+.1f}, 95% CI" in md
+    assert f"- Ablation `promptintern` − `template-only`: sql_execution {d['delta']:+.1f}, 95% CI" in md
 
 
 def test_second_invocation_reruns_nothing(bench_run, capsys):
@@ -154,7 +154,7 @@ def test_markdown_renders_and_render_only_rebuilds_it(bench_run):
     assert "## Headline" in md and "**PromptIntern vs full-prompt FT**" in md
     for name in METHODS:
         assert f"| {name} |" in md
-    assert "![exact_match vs input tokens](sql.png)" in md
+    assert "![sql_execution vs input tokens](sql.png)" in md
     assert (tmp / "results" / "sql.png").read_bytes()[:4] == b"\x89PNG"
     md_path.unlink()
     assert rb.main(["--task", "sql", "--results", str(tmp / "results"), "--render-only"]) == 0

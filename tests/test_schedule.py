@@ -13,7 +13,6 @@ from promptintern.schedule import (
     SHAPES,
     Schedule,
     StagePoint,
-    check_pool,
     decay,
     round_half_up,
 )
@@ -138,14 +137,6 @@ def test_custom_lists():
     assert [(p.tau, p.k) for p in s.points()] == [(0.9, 4), (0.9, 2), (0.0, 0)]
 
 
-def test_fixed():
-    s = Schedule.fixed(0.3, 2)
-    assert s.points() == [StagePoint(0, 0.3, 2)]
-    assert (s.tau0, s.k, s.stages) == (0.3, 2, 1)
-    with pytest.raises(ConfigError, match="tau0 must be in"):
-        Schedule.fixed(1.5, 2)
-
-
 def test_dict_round_trip():
     s = Schedule(stages=4, shape="exponential", k_shape="linear", lam=2.0, k=5)
     d = s.to_dict()
@@ -215,14 +206,3 @@ def test_validation_messages(kwargs, fragment):
     assert "\n" not in msg
     with pytest.raises(ConfigError):  # points() validates too
         Schedule(**kwargs).points()
-
-
-def test_check_pool():
-    check_pool(3, 4)  # 3 others besides the instance itself
-    check_pool(0, 0)
-    with pytest.raises(ConfigError, match="schedule.k = 4 examples needs at least 5 training instances"):
-        check_pool(4, 4)
-    with pytest.raises(ConfigError, match="pool has 2"):
-        Schedule(k=3).check_pool(2)
-    Schedule(k=3).check_pool(4)
-    Schedule.fixed(1.0, 0).check_pool(1)

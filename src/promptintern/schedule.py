@@ -15,7 +15,8 @@ docs/paper.md):
 
 Every built-in curve reaches (0, 0), the query alone, at the last stage, so a PromptIntern
 schedule needs ``N ≥ 2``; with ``N = 1`` the only stage is ``t = 0``, i.e. the full prompt
-``(τ0, K)``. Baselines train on single fixed points built with :meth:`Schedule.fixed`.
+``(τ0, K)``, and ``method: promptintern`` refuses such a schedule (see :mod:`promptintern.methods`).
+Baselines train on single fixed points (:func:`promptintern.methods.plan`).
 """
 
 from __future__ import annotations
@@ -62,13 +63,6 @@ class Schedule:
     custom_k: list[int] | None = field(
         default=None, metadata={"help": "k of each stage when k_shape is custom (N non-increasing integers ≥ 0)"}
     )
-
-    @classmethod
-    def fixed(cls, tau: float, k: int) -> Schedule:
-        """One stage at ``(tau, k)``: how the single-point baselines train."""
-        sched = cls(stages=1, shape="custom", tau0=tau, k=k, custom_tau=[tau], custom_k=[k])
-        sched.validate()
-        return sched
 
     @property
     def effective_k_shape(self) -> str:
@@ -130,13 +124,6 @@ class Schedule:
         taus, ks = _non_increasing(taus), _non_increasing(ks)
         return [StagePoint(index=i, tau=taus[i], k=ks[i]) for i in range(n)]
 
-    def max_k(self) -> int:
-        return max(p.k for p in self.points())
-
-    def check_pool(self, pool_size: int) -> None:
-        """Fail early when the largest k cannot be retrieved from ``pool_size`` instances."""
-        check_pool(self.max_k(), pool_size)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -171,18 +158,6 @@ def decay(shape: str, t: float, lam: float = 3.0) -> float:
 def round_half_up(x: float) -> int:
     """Round to the nearest integer, halves up (Python's ``round`` rounds halves to even)."""
     return int(math.floor(x + 0.5 + _ROUND_EPS))
-
-
-def check_pool(k_max: int, pool_size: int) -> None:
-    """Raise :class:`ConfigError` when ``k_max`` examples cannot come from ``pool_size`` instances.
-
-    An instance is never its own example, so at most ``pool_size - 1`` are available.
-    """
-    if k_max > max(pool_size - 1, 0):
-        raise ConfigError(
-            f"schedule.k = {k_max} examples needs at least {k_max + 1} training instances "
-            f"(an instance is never its own example), but the training pool has {pool_size}"
-        )
 
 
 def _non_increasing(values: list) -> list:

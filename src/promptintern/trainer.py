@@ -752,13 +752,7 @@ def train_stages(
     return adapter_dir
 
 
-def stage_history(run_dir: Path) -> dict[str, Any]:
-    """``run_dir/train/history.json`` (per-stage loss curves), or an empty history."""
-    path = Path(run_dir) / "train" / "history.json"
-    return read_json(path) if path.is_file() else {"stages": [], "train_wall_s": 0.0}
-
-
 __all__ = [
     "LoraArgs", "TrainArgs", "PadCollator", "answer_loss", "latest_checkpoint", "stage_done",
-    "stage_history", "tokenize_records", "train_record", "train_stages",
+    "tokenize_records", "train_record", "train_stages",
 ]
