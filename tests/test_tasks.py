@@ -139,9 +139,9 @@ def test_example_sql_task_loads_and_round_trips(tmp_path):
     task = get_task(str(EXAMPLES / "sql" / "task.yaml"))
     sizes = {s: len(task.load_split(s)) for s in ("train", "validation", "test")}
     assert sizes == {"train": 20, "validation": 5, "test": 5}
-    assert task.metric == "exact_match" and "employees" in task.template.documentation
+    assert task.metric == "sql_execution" and "employees" in task.template.documentation
     first = task.load_split("train")[0]
-    assert first.id == "sql-train-1" and first.meta == {"tables": ["employees"]}
+    assert first.id == "sql-train-1" and first.meta == {"tables": ["employees"], "database": str(task.database)}
 
     copy = CustomTask.from_yaml(_write(tmp_path / "sub" / "task.yaml", task))
     assert copy.spec.to_dict().keys() == task.spec.to_dict().keys()
@@ -220,7 +220,7 @@ def tokenizer(request):
     return request.getfixturevalue("tiny_model")[1]
 
 
-@pytest.mark.parametrize("name", TASK_NAMES)
+@pytest.mark.parametrize("name", ["nl2bash", "mbpp"])  # geoquery's schema template: tests/test_geoquery.py
 def test_template_size_and_content(tokenizer, name):
     task = get_task(name)
     n = {p: len(tokenizer(getattr(task.template, p), add_special_tokens=False)["input_ids"])
