@@ -39,8 +39,11 @@ from promptintern.cli import quiet_libraries
 from promptintern.config import RunConfig
 from promptintern.configtools import apply_overrides, from_dict, load_yaml
 from promptintern.errors import ConfigError, RunDirError, UserError
-from promptintern.io import read_json, read_jsonl, write_json, write_text
+from promptintern.inference import read_predictions
+from promptintern.io import read_json, write_json, write_text
 from promptintern.methods import plan as method_plan
+from promptintern.pipeline import check_same_run
+from promptintern.training.checkpoints import read_history
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable for bench.report
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -323,14 +326,6 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def _check_run_dir(run_dir: Path, fingerprint: str) -> None:
-    """Refuse a pipeline run directory made with another config (the pipeline would ask for --force)."""
-    path = run_dir / "run.json"
-    if path.is_file() and read_json(path).get("fingerprint") != fingerprint:
-        raise RunDirError(f"{run_dir} holds a run of a different config (scale or --set changed?); "
-                          "delete it or pass another --runs directory")
-
-
 def _finished(bench: Bench, name: str, derived: tuple[Path, ...]) -> dict[str, Any] | None:
     """The method's ``bench.json`` entry if measured under the current settings, else None.
 
@@ -357,9 +352,11 @@ def latency_pass(cfg: RunConfig, run_dir: Path, out: Path, n: int | None, prefix
                  ) -> tuple[dict[str, Any], Any]:
     """Serve the first ``n`` test queries (all when None) at batch size 1 into ``out``.
 
-    The model (with the run's adapter, merged) is warmed up on one query first, untimed, so the
-    first measured query does not pay for lazy initialisation. Returns (stats, prepared run).
+    The model (with the run's adapter, loaded as the pipeline serves it) is warmed up on one
+    query first, untimed, so the first measured query does not pay for lazy initialisation.
+    Returns (stats, prepared run).
     """
+    from promptintern.answer_length import resolve_infer_args
     from promptintern.inference import generate, load_for_inference, run_inference
     from promptintern.pipeline import prepare, serving_messages
 
@@ -369,13 +366,9 @@ def latency_pass(cfg: RunConfig, run_dir: Path, out: Path, n: int | None, prefix
     queries = prep.test if n is None else prep.test[:n]
     items = serving_messages(prep, queries, prep.plan.serve_tau, prep.plan.serve_k)
     generate(model, tok, [items[0][1]], max_new_tokens=2, batch_size=1, progress=False)
-    args = replace(cfg.infer, batch_size=1, prefix_cache=prefix_cache, progress=False)
+    infer = resolve_infer_args(cfg.infer, cfg.model, prep.task, prep.train, queries)  # as the pipeline does
+    args = replace(infer, batch_size=1, prefix_cache=prefix_cache, progress=False)
     return run_inference(model, tok, items, out, args, resume=True), prep
-
-
-def _history(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "train" / "history.json"
-    return read_json(path) if path.is_file() else {"stages": [], "train_wall_s": 0.0}
 
 
 def run_method(bench: Bench, name: str) -> dict[str, Any]:
@@ -383,7 +376,7 @@ def run_method(bench: Bench, name: str) -> dict[str, Any]:
     if METHODS[name].prefix_cache_of:
         return _run_prefix_cache(bench, name)
     cfg, run_dir = bench.config(name), bench.run_dir(name)
-    _check_run_dir(run_dir, cfg.fingerprint())
+    check_same_run(run_dir, cfg)  # before the teacher or anything else runs
     done = _finished(bench, name, (run_dir / "predictions" / LATENCY_FILE,))
     if done is not None:
         LOG.info("%s: finished earlier, kept (%s)", name, _display(run_dir / BENCH_FILE))
@@ -402,7 +395,7 @@ def run_method(bench: Bench, name: str) -> dict[str, Any]:
     LOG.info("%s: latency pass, batch 1, first %d test queries", name, bench.args.latency_queries)
     lat, _ = latency_pass(cfg, run_dir, run_dir / "predictions" / LATENCY_FILE, bench.args.latency_queries)
     system = metrics["systems"][cfg.method]
-    hist = _history(run_dir)
+    hist = read_history(run_dir)
     steps = [int(s["steps"]) for s in hist["stages"]]
     entry = {
         "input_tokens_mean": system["input_tokens_mean"],
@@ -475,7 +468,7 @@ def _run_prefix_cache(bench: Bench, name: str) -> dict[str, Any]:
     if full:
         from promptintern.evaluate import score
 
-        preds = _predictions(run_dir / "predictions" / LATENCY_FILE)
+        preds = read_predictions(run_dir / "predictions" / LATENCY_FILE)
         scored = score(prep.task.metric, preds, prep.test, bootstrap=cfg.eval.bootstrap,
                        workers=cfg.eval.workers, timeout_s=cfg.eval.timeout_s)
         system = {**lat, **scored}
@@ -509,13 +502,9 @@ def _run_prefix_cache(bench: Bench, name: str) -> dict[str, Any]:
     return entry
 
 
-def _predictions(path: Path) -> dict[str, str]:
-    return {str(r["id"]): r["prediction"] for r in read_jsonl(path, required=("id", "prediction"))}
-
-
 def _agreement(path: Path, reference: Path) -> float:
     """Share of the rows of ``path`` whose prediction equals ``reference``'s for the same id."""
-    mine, ref = _predictions(path), _predictions(reference)
+    mine, ref = read_predictions(path), read_predictions(reference)
     return sum(ref.get(i) == p for i, p in mine.items()) / len(mine) if mine else 0.0
 
 
@@ -567,7 +556,7 @@ def item_arrays(bench: Bench, entry: dict[str, Any]) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for metric in system["metrics"]:
         if metric == "bleu":
-            preds = _predictions(run_dir / src["predictions"])
+            preds = read_predictions(run_dir / src["predictions"])
             hyps = [clean_prediction(preds[i]) if i in preds else "" for i in ids]
             tokenize = system.get("bleu_tokenizer", DEFAULT_TOKENIZER)
             out[metric] = bleu_stats(hyps, [inst.answer for inst in bench.test], tokenize)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pipeline_fixtures import tiny_run_config
@@ -87,18 +88,25 @@ def _torchrun() -> list[str]:
             "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
 
 
-def test_cli_train_under_torchrun_fresh_then_resume(tmp_path):
+def _accelerate() -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(_free_port())]
+
+
+@pytest.mark.parametrize("launcher", [_torchrun, _accelerate], ids=["torchrun", "accelerate"])
+def test_cli_train_multi_process_fresh_then_resume(tmp_path, launcher):
     """The README's command on a fresh directory, then --resume from inside the last stage."""
     cfg = _cli_config(tmp_path)
     run_dir = tmp_path / "run"
-    fresh = _launch_cli(_torchrun(), tmp_path, "train", str(cfg))
+    fresh = _launch_cli(launcher(), tmp_path, "train", str(cfg))
     adapter = (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
     assert json.loads((run_dir / "run.json").read_text())["fingerprint"]
     # As if killed after checkpoint-2 of the last stage: its final/, the adapter and the later checkpoint gone.
     last = run_dir / "train" / "stage-1"
     for path in (run_dir / "adapter", last / "final", last / "checkpoint-4"):
         shutil.rmtree(path)
-    resumed = _launch_cli(_torchrun(), tmp_path, "train", str(cfg), "--resume")
+    resumed = _launch_cli(launcher(), tmp_path, "train", str(cfg), "--resume")
     assert resumed == fresh
     assert (run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
     history = json.loads((run_dir / "train" / "history.json").read_text())

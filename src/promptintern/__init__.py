@@ -15,6 +15,7 @@ The Python API mirrors the CLI. Heavy imports (torch, transformers) happen on fi
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,3 +79,11 @@ def export(run_dir: PathLike, out: PathLike, merge: bool = False) -> Path:
     from .exporter import export as _export
 
     return _export(Path(run_dir), Path(out), merge=merge)
+
+
+def __getattr__(name: str) -> Any:
+    """Subpackages on first use, so ``promptintern.evaluate.evaluate_file`` works after a plain
+    ``import promptintern`` without making that import slow."""
+    if name in ("evaluate",):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,10 +35,9 @@ answer-token count, k and T. Every process writes the rows it computed, atomical
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,93 +46,16 @@ import torch
 import torch.nn.functional as F
 
 from .args import KL_LOSSES, SELF_TEACHER, teacher_kind
-from .errors import ConfigError, DataError, ModelError
+from .errors import ConfigError, DataError
 from .io import atomic_path
 from .prompt import IGNORE_INDEX
 from .shared_prefix import (
     BatchTokens,
-    SharedPrefixUnsupported,
-    check_mode,
-    prefix_then_suffix,
-    shared_prefix_length,
 )
+from .training.loss import answer_logits, answer_mask  # noqa: F401  (re-exported: they lived here)
 
 CACHE_DIR = "teacher-cache"
 _TOPK_CHUNK = 1024  # answer positions reduced to top-k at a time (bounds the temporary [chunk, V] copies)
-
-
-# ---------------------------------------------------------------- logits at answer positions
-
-
-def answer_mask(labels: torch.Tensor) -> torch.Tensor:
-    """Positions whose *next* token is an answer token (position t predicts token t + 1)."""
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    return keep
-
-
-def _output_head(model: Any) -> torch.nn.Module:
-    """The LM head of ``model``, looking through DDP / accelerate wrappers and peft."""
-    inner = model
-    while isinstance(getattr(inner, "module", None), torch.nn.Module):
-        inner = inner.module
-    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    if not isinstance(head, torch.nn.Module):
-        raise ModelError(f"{type(inner).__name__} exposes no output embeddings (get_output_embeddings()); "
-                         "answer-only logits need a causal LM with an LM head")
-    return head
-
-
-@contextlib.contextmanager
-def _head_rows(head: torch.nn.Module, keep: torch.Tensor) -> Iterator[None]:
-    """While active, ``head`` sees only the rows ``hidden[keep]`` of its ``[B, T, H]`` input.
-
-    A hook rather than a boolean ``logits_to_keep``: only recent transformers releases accept such
-    a mask (5.24 does; 5.17 raises IndexError, seen on a GPU image), remote-code models may never,
-    and the hook works on every causal LM whose head is called on the final hidden states.
-    """
-    def keep_rows(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        hidden, *rest = args
-        if hidden.dim() != 3 or hidden.shape[:2] != keep.shape:
-            return None
-        return (hidden[keep.to(hidden.device)], *rest)
-
-    handle = head.register_forward_pre_hook(keep_rows)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def answer_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  labels: torch.Tensor, shared_prefix: str = "off",
-                  tokens: list[BatchTokens] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """LM-head logits at the answer positions only, flattened row by row ``[N, V]``, and their targets ``[N]``.
-
-    ``shared_prefix`` (auto | on | off): run the tokens all rows share once (see
-    :mod:`promptintern.shared_prefix`); ``auto`` falls back to the plain pass where unsupported.
-    ``tokens``, when given, receives this batch's token accounting (padding, shared prefix).
-    """
-    keep = answer_mask(labels)
-    head = _output_head(model)
-    prefix = shared_prefix_length(input_ids, attention_mask, keep) if check_mode(shared_prefix) != "off" else 0
-    logits = None
-    if prefix:
-        try:
-            logits = prefix_then_suffix(model, _head_rows, head, input_ids, attention_mask, keep, prefix)
-        except SharedPrefixUnsupported:
-            if shared_prefix == "on":
-                raise
-    if logits is None:
-        prefix = 0
-        with _head_rows(head, keep):
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    if tokens is not None:
-        tokens.append(BatchTokens(*input_ids.shape, int(attention_mask.sum()), prefix))
-    if logits.dim() != 2:
-        raise ModelError(f"{type(model).__name__} did not call its LM head on the final hidden states "
-                         "(answer-only logits need a standard causal LM)")
-    return logits, labels[:, 1:][keep[:, :-1]]
 
 
 # ---------------------------------------------------------------- the estimator
@@ -227,16 +149,16 @@ def teacher_fingerprint(teacher: str, model_name: str) -> str:
 
 
 def load_frozen_teacher(teacher: str, model_name: str, dtype: torch.dtype) -> Any:
-    """The frozen teacher model (adapter merged into the student's base), eval mode, no gradients, on the CPU."""
+    """The frozen teacher model (an adapter on the student's base, loaded as it is served:
+    merged only where that is exact, see :func:`promptintern.inference.load_for_serving`),
+    eval mode, no gradients, on the CPU."""
+    from .inference import load_for_serving
     from .models import load_model
 
     kind = teacher_kind(teacher)
     path = str(Path(teacher).expanduser())
     if kind == "adapter":
-        from peft import PeftModel
-
-        base, _ = load_model(model_name, dtype=dtype, device="cpu")
-        model = PeftModel.from_pretrained(base, path).merge_and_unload()
+        model, _ = load_for_serving(model_name, Path(path), device="cpu", dtype=dtype)
     else:
         model, _ = load_model(path, dtype=dtype, device="cpu")
     model.eval().requires_grad_(False)

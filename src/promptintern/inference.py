@@ -403,6 +403,13 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
     }
 
 
+def read_predictions(path: Path) -> dict[str, str]:
+    """``{id: prediction}`` of a predictions file (the one reader of what :func:`run_inference` writes)."""
+    from .io import read_jsonl
+
+    return {str(r["id"]): r["prediction"] for r in read_jsonl(path, required=("id", "prediction"))}
+
+
 # ---------------------------------------------------------------- models
 
 

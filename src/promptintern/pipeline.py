@@ -95,7 +95,7 @@ def open_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
         elif not marker.is_file():
             raise RunDirError(f"{run_dir} exists and is not a promptintern run; use --force to overwrite it")
         else:
-            _check_same_run(run_dir, read_json(marker), cfg)
+            check_same_run(run_dir, cfg)
             if not resume:
                 raise RunDirError(f"{run_dir} already holds this run; use --resume to continue or --force to restart")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -104,8 +104,12 @@ def open_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
     return run_dir
 
 
-def _check_same_run(run_dir: Path, marker: dict[str, Any], cfg: RunConfig) -> None:
-    """Refuse a config whose identity differs from the one that made ``run_dir``, naming the fields."""
+def check_same_run(run_dir: Path, cfg: RunConfig) -> None:
+    """Refuse a config whose identity differs from the one that made ``run_dir``, naming the fields
+    (nothing to refuse where ``run_dir`` holds no run yet)."""
+    if not (run_dir / "run.json").is_file():
+        return
+    marker = read_json(run_dir / "run.json")
     if marker.get("fingerprint") == cfg.fingerprint():
         return
     saved = marker.get("identity")
@@ -325,7 +329,7 @@ def _run(prep: Prepared, run_dir: Path, resume: bool, is_main: bool) -> dict[str
 
     from .answer_length import resolve_infer_args
     from .evaluate import score
-    from .inference import load_for_inference
+    from .inference import load_for_inference, read_predictions
     from .models import load_model
     from .report import write_report
 
@@ -347,7 +351,7 @@ def _run(prep: Prepared, run_dir: Path, resume: bool, is_main: bool) -> dict[str
             model, tok = base
         items = serving_messages(prep, prep.test, tau, k)
         stats = _serve(name, model, tok, items, run_dir, infer_args)
-        preds = _read_predictions(run_dir / "predictions" / f"{name}.jsonl")
+        preds = read_predictions(run_dir / "predictions" / f"{name}.jsonl")
         scored = score(prep.task.metric, preds, prep.test, bootstrap=cfg.eval.bootstrap,
                        workers=cfg.eval.workers, timeout_s=cfg.eval.timeout_s, sandbox=cfg.eval.sandbox)
         results[name] = {"tau": tau, "k": k, "trained": uses_adapter, **stats, **scored}
@@ -373,12 +377,6 @@ def _train_info(run_dir: Path, wall: float) -> dict[str, Any]:
     if hist.is_file():
         info["history"] = read_json(hist)
     return info
-
-
-def _read_predictions(path: Path) -> dict[str, str]:
-    from .io import read_jsonl
-
-    return {str(r["id"]): r["prediction"] for r in read_jsonl(path, required=("id", "prediction"))}
 
 
 def infer_file(run_dir: Path, input_path: Path, output: Path, *, batch_size: int | None = None,

@@ -7,6 +7,9 @@ with, so logging (``report_to``), gradient accumulation, checkpoints and multi-p
 come from the library: ``torchrun --nproc_per_node N`` or ``accelerate launch --multi_gpu``
 (data parallel; gloo on a machine without CUDA).
 
+This module is the stage loop; its parts live in :mod:`promptintern.training` (records to
+tokens, the loss, the Hugging Face glue, the checkpoint bookkeeping), re-exported here.
+
 Run directory (written by the main process only; files and directories atomically)::
 
     run_dir/train/config.json              what is trained: model, LoRA, TrainArgs, stage fingerprints
@@ -53,19 +56,15 @@ Choices (ours; the paper does not say):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import time
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .args import (  # noqa: F401  (re-exported: the argument classes lived here before args.py)
     KL_FIELDS,
@@ -78,439 +77,42 @@ from .args import (  # noqa: F401  (re-exported: the argument classes lived here
     TrainArgs,
     volatile_fields,
 )
-from .distill import (
-    CACHE_DIR,
-    Teacher,
-    TeacherCache,
-    answer_logits,
-    distill_loss,
-    load_frozen_teacher,
-    teacher_fingerprint,
-)
+from .distill import CACHE_DIR, Teacher, TeacherCache, load_frozen_teacher, teacher_fingerprint
 from .errors import ConfigError, DataError, ModelError, RunDirError
-from .identity import as_json, describe_differences, identity_view, model_identity
-from .io import atomic_dir, read_json, write_json
-from .progress import progress_bar
-from .prompt import IGNORE_INDEX, encode_chat
-from .shared_prefix import BatchTokens, token_summary
-from .stages import Stage, StageRecord, record_row
+from .io import atomic_dir, write_json
+from .shared_prefix import token_summary
+from .stages import Stage
+from .training.checkpoints import (  # noqa: F401  (re-exported)
+    CARRY_KEY,
+    DONE_FILE,
+    WALL_FILE,
+    _barrier,
+    _check_run_dir,
+    _checkpoint_step,
+    _prepare_run_dir,
+    _stage_dir,
+    _write_history,
+    checkpoint_carry,
+    checkpoint_problem,
+    latest_checkpoint,
+    stage_done,
+    train_record,
+)
+from .training.data import PadCollator, tokenize_records  # noqa: F401  (re-exported)
+from .training.hf import (  # noqa: F401  (re-exported)
+    _make_progress,
+    _make_trainer_class,
+    _progress_callback_class,
+    _training_arguments,
+    check_passthrough,
+    resolve_dtype,
+)
+from .training.loss import answer_loss  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
 # TrainArgs fields that may change between a run and its resume: they do not change the weights.
 VOLATILE_FIELDS = volatile_fields(TrainArgs)
-DONE_FILE = "DONE.json"
-WALL_FILE = "wall_s.json"  # in checkpoints of older versions: the stage's training seconds up to it
-CARRY_KEY = "promptintern_stage"  # our bookkeeping inside a checkpoint's trainer_state.json
-
-
-# ---------------------------------------------------------------- data
-
-
-def tokenize_records(
-    records: Sequence[StageRecord], tokenizer: Any, max_length: int, with_teacher: bool = False
-) -> tuple[list[dict[str, list[int]]], list[str]]:
-    """Encode records as ``{"input_ids", "labels"}`` (labels -100 on the prompt).
-
-    With ``with_teacher`` each example also holds ``teacher_input_ids`` / ``teacher_labels``,
-    the record's ``teacher_messages`` with the same answer; a record is kept only when both
-    fit. Returns the encoded examples and the ids of the records dropped for exceeding
-    ``max_length`` tokens (see the module docstring for why they are not truncated).
-    """
-    kept, dropped = [], []
-    for rec in records:
-        enc = encode_chat(tokenizer, rec.messages, rec.answer)
-        longest = len(enc["input_ids"])
-        if with_teacher:
-            if rec.teacher_messages is None:
-                raise ConfigError(f"record {rec.id!r} has no teacher prompt (teacher_messages), which a KL loss needs")
-            t = encode_chat(tokenizer, rec.teacher_messages, rec.answer)
-            if _answer_ids(t["labels"]) != _answer_ids(enc["labels"]):
-                raise DataError(f"record {rec.id!r}: teacher and student answers tokenize differently")
-            enc = {**enc, "teacher_input_ids": t["input_ids"], "teacher_labels": t["labels"]}
-            longest = max(longest, len(t["input_ids"]))
-        if longest > max_length:
-            dropped.append(rec.id)
-        else:
-            kept.append(enc)
-    return kept, dropped
-
-
-def _answer_ids(labels: Sequence[int]) -> list[int]:
-    return [t for t in labels if t != IGNORE_INDEX]
-
-
-@dataclass
-class PadCollator:
-    """Pads a batch on the right: ``pad_token_id`` in input_ids, 0 in the mask, -100 in labels.
-
-    The teacher's sequences (``teacher_input_ids`` / ``teacher_labels``), when present, are
-    padded the same way into ``teacher_input_ids``, ``teacher_attention_mask``, ``teacher_labels``.
-    """
-
-    pad_token_id: int
-
-    def __call__(self, features: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        batch = self._pad(features, "")
-        if "teacher_input_ids" in features[0]:
-            batch.update(self._pad(features, "teacher_"))
-        return batch
-
-    def _pad(self, features: Sequence[dict[str, list[int]]], prefix: str) -> dict[str, torch.Tensor]:
-        width = max(len(f[f"{prefix}input_ids"]) for f in features)
-        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        for row, f in enumerate(features):
-            n = len(f[f"{prefix}input_ids"])
-            ids[row, :n] = torch.tensor(f[f"{prefix}input_ids"])
-            labels[row, :n] = torch.tensor(f[f"{prefix}labels"])
-            mask[row, :n] = 1
-        return {f"{prefix}input_ids": ids, f"{prefix}attention_mask": mask, f"{prefix}labels": labels}
-
-
-# ---------------------------------------------------------------- loss
-
-
-def answer_loss(model: Any, inputs: dict[str, torch.Tensor], num_items_in_batch: Any = None,
-                shared_prefix: str = "off", tokens: list[BatchTokens] | None = None) -> torch.Tensor:
-    """Next-token cross-entropy on the answer tokens, with LM-head logits at those positions only.
-
-    Position ``t`` predicts token ``t + 1``, so the kept positions are those whose next label
-    is not -100. The summed loss is divided by ``num_items_in_batch`` (the answer-token count
-    of the whole accumulated batch, from the Trainer) or else by this batch's count.
-    """
-    logits, targets = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
-                                    shared_prefix=shared_prefix, tokens=tokens)
-    total = F.cross_entropy(logits.float(), targets, reduction="sum")
-    count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
-    return total / count
-
-
-def _make_trainer_class() -> type:
-    """The Trainer subclass (built lazily so importing this module does not import transformers)."""
-    from transformers import Trainer
-
-    class StageTrainer(Trainer):
-        """A ``Trainer`` with the answer-only loss and an optional carried-over optimizer state."""
-
-        # compute_loss normalises by the accumulated batch's token count: no further GA scaling.
-        loss_is_scaled_for_ga = True
-
-        def __init__(self, *args: Any, loss: str = "ce", optimizer_state: dict | None = None,
-                     teacher: Teacher | None = None, kl_weight: float = 0.5, carry: dict | None = None,
-                     shared_prefix: str = "off", **kwargs: Any):
-            super().__init__(*args, **kwargs)
-            # What a resumed stage takes over from its checkpoint (see _save_checkpoint).
-            self.carry = carry or {}
-            self.t0 = time.perf_counter()
-            self.add_callback(_seed_callback_class()(self))
-            if loss not in LOSSES:
-                raise ConfigError(f"train.loss: {loss!r} is not one of {', '.join(LOSSES)}")
-            if loss in KL_LOSSES and teacher is None:
-                raise ConfigError(f"train.loss: {loss!r} needs a teacher")
-            self.loss_name = loss
-            self.teacher, self.kl_weight = teacher, kl_weight
-            self.shared_prefix = shared_prefix
-            self.batch_tokens: list[BatchTokens] = []  # this stage's token accounting, this process
-            if teacher is not None:
-                teacher.shared_prefix = shared_prefix
-            self.loss_parts: list[Any] = []  # summed (ce, kl, tokens) since the last log, this process
-            self.carried_optimizer_state = optimizer_state
-            # Have the Trainer count the answer tokens of each accumulated batch for compute_loss.
-            self.model_accepts_loss_kwargs = True
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
-            if self.loss_name == "ce":
-                loss = answer_loss(model, inputs, num_items_in_batch, self.shared_prefix, self.batch_tokens)
-            else:
-                loss, parts = distill_loss(model, self.teacher, inputs, loss=self.loss_name, kl_weight=self.kl_weight,
-                                           student=self.accelerator.unwrap_model(model),
-                                           num_items_in_batch=num_items_in_batch,
-                                           shared_prefix=self.shared_prefix, tokens=self.batch_tokens)
-                self.loss_parts.append(parts)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                # num_items_in_batch is then the global count, while DDP averages gradients over processes.
-                loss = loss * self.accelerator.num_processes
-            return (loss, None) if return_outputs else loss
-
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if self.loss_parts and "loss" in logs:  # per-token means of this process's terms
-                n = max(1, sum(p.n_tokens for p in self.loss_parts))
-                if self.loss_name == "ce+kl":
-                    logs["ce"] = float(sum(p.ce for p in self.loss_parts)) / n
-                logs["kl"] = float(sum(p.kl for p in self.loss_parts)) / n
-                self.loss_parts = []
-            super().log(logs, start_time)
-
-        def _save_checkpoint(self, model, trial):  # noqa: ANN001
-            # Before the Trainer writes trainer_state.json (last), so every complete checkpoint holds
-            # the summed loss of the steps before it and the stage's seconds so far.
-            self.state.stateful_callbacks[CARRY_KEY] = {
-                "step": self.state.global_step,
-                "loss_sum": self._total_loss_scalar + float(self._tr_loss.item()),
-                "train_wall_s": self.carry.get("train_wall_s", 0.0) + time.perf_counter() - self.t0,
-            }
-            super()._save_checkpoint(model, trial)
-
-        def create_optimizer(self, model=None):  # noqa: ANN001
-            optimizer = super().create_optimizer(model)
-            if self.carried_optimizer_state is not None:
-                fresh = optimizer.state_dict()
-                optimizer.load_state_dict({"state": self.carried_optimizer_state,
-                                           "param_groups": fresh["param_groups"]})
-            return optimizer
-
-    return StageTrainer
-
-
-# ---------------------------------------------------------------- progress
-
-
-def _seed_callback_class() -> type:
-    from transformers import TrainerCallback
-
-    class SeedResumedLoss(TrainerCallback):
-        """On a resumed stage, starts the Trainer's loss sum at the checkpoint's, so the stage's
-        ``train_loss`` is the mean over all its steps, as in an uninterrupted run (same additions
-        in the same order when checkpoints fall on logging steps)."""
-
-        def __init__(self, trainer: Any) -> None:
-            self.trainer = trainer
-
-        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
-            carry = self.trainer.carry
-            if carry.get("step") == state.global_step and state.global_step > 0:
-                # The Trainer divides its loss sum by the steps since _initial_global_step (its
-                # train_loss in the result and in log_history): count from the stage's start.
-                self.trainer._total_loss_scalar = float(carry["loss_sum"])
-                self.trainer._initial_global_step = 0
-
-    return SeedResumedLoss
-
-
-def checkpoint_carry(checkpoint: Path | None) -> dict[str, Any]:
-    """The bookkeeping a checkpoint holds for its stage: step, loss sum, seconds (``{}`` for none).
-
-    Checkpoints written before it was kept in trainer_state.json hold only their seconds, in
-    ``wall_s.json``.
-    """
-    if checkpoint is None:
-        return {}
-    state = read_json(checkpoint / "trainer_state.json")
-    carry = dict(state.get("stateful_callbacks", {}).get(CARRY_KEY) or {})
-    if not carry and (checkpoint / WALL_FILE).is_file():
-        carry = {"train_wall_s": float(read_json(checkpoint / WALL_FILE).get("train_wall_s", 0.0))}
-    return carry
-
-
-def _progress_callback_class() -> type:
-    from transformers import TrainerCallback
-
-    class StageProgress(TrainerCallback):
-        """Feeds a rich progress bar (stage i/N, step, loss, ETA) from the main process."""
-
-        def __init__(self, progress: Any, label: str) -> None:
-            self.progress, self.label, self.task = progress, label, None
-
-        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
-            if state.is_world_process_zero:
-                self.task = self.progress.add_task(self.label, total=state.max_steps,
-                                                   completed=state.global_step, loss=float("nan"))
-
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-            if self.task is not None:
-                self.progress.update(self.task, completed=state.global_step)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-            if self.task is not None and logs and "loss" in logs:
-                self.progress.update(self.task, loss=logs["loss"])
-
-    return StageProgress
-
-
-def _make_progress(enabled: bool) -> Any:
-    return progress_bar("{task.description}", "loss {task.fields[loss]:.4f}", enabled)
-
-
-# ---------------------------------------------------------------- run directory
-
-
-def train_record(stages: Sequence[Stage], model_name: str, lora: LoraArgs, args: TrainArgs,
-                 teacher_fingerprint: str | None = None) -> dict[str, Any]:
-    """What determines the trained weights (``train/config.json``; resume refuses a different one).
-
-    ``teacher_fingerprint`` names a frozen KL teacher's weights (a changed teacher is a different run).
-    """
-    stage_info = []
-    for s in stages:
-        h = hashlib.sha256()
-        for r in s.records:
-            h.update(json.dumps(record_row(r), sort_keys=True, ensure_ascii=False).encode())
-        stage_info.append({"index": s.index, "tau": s.tau, "k": s.k, "n_records": len(s.records),
-                           "fingerprint": h.hexdigest()[:16]})
-    record = {"model": model_name, "model_fingerprint": model_identity(model_name), "lora": identity_view(lora),
-              "train": identity_view(args), "stages": stage_info}
-    if teacher_fingerprint is not None:
-        record["teacher_fingerprint"] = teacher_fingerprint
-    return as_json(record)
-
-
-def _checkpoint_step(path: Path) -> int:
-    suffix = path.name.rpartition("-")[2]
-    return int(suffix) if suffix.isdigit() else -1
-
-
-def checkpoint_problem(path: Path, world_size: int = 1) -> str | None:
-    """Why a stage cannot resume from ``path`` (None: it can).
-
-    Every file a resume reads is checked the way it will be read, short of unpickling:
-    trainer_state.json (written last, so its absence means a save cut short) is parsed, the
-    zip archives ``torch.save`` writes are checked member by member (CRC), the adapter's
-    safetensors header is checked against the file. A checkpoint damaged by a crash or a full
-    disk is found here instead of failing the Trainer's resume with a raw traceback.
-    """
-    try:
-        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "trainer_state.json missing or unreadable (the save was cut short)"
-    rng = ["rng_state.pth"] if world_size <= 1 else [f"rng_state_{r}.pth" for r in range(world_size)]
-    for name in ["adapter_model.safetensors", "optimizer.pt", "scheduler.pt", *rng]:
-        f = path / name
-        if not f.is_file():
-            return f"{name} missing"
-        try:
-            if name.endswith(".safetensors"):
-                from safetensors import safe_open
-
-                with safe_open(str(f), "np") as fh:  # checks the header covers the file exactly
-                    fh.keys()
-            else:
-                with zipfile.ZipFile(f) as archive:
-                    bad = archive.testzip()
-                if bad is not None:
-                    return f"{name}: member {bad} is corrupt"
-        except Exception as exc:  # any failure to read it means it cannot be resumed from
-            return f"{name} unreadable ({type(exc).__name__})"
-    return None
-
-
-def _resume_point(stage_dir: Path, world_size: int) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """The newest usable ``checkpoint-N`` of a stage and the unusable newer ones, with why."""
-    found = sorted((p for p in stage_dir.glob("checkpoint-*") if _checkpoint_step(p) >= 0 and p.is_dir()),
-                   key=_checkpoint_step, reverse=True)
-    unusable = []
-    for ckpt in found:
-        problem = checkpoint_problem(ckpt, world_size)
-        if problem is None:
-            return ckpt, unusable
-        unusable.append((ckpt, problem))
-    return None, unusable
-
-
-def latest_checkpoint(stage_dir: Path, world_size: int = 1) -> tuple[Path | None, list[Path]]:
-    """The newest usable ``checkpoint-N`` of a stage and the unusable ones newer than it."""
-    ckpt, unusable = _resume_point(stage_dir, world_size)
-    return ckpt, [path for path, _ in unusable]
-
-
-def stage_done(stage_dir: Path) -> bool:
-    return (stage_dir / "final" / DONE_FILE).is_file()
-
-
-def _check_run_dir(train_dir: Path, adapter_dir: Path, record: dict, resume: bool, force: bool) -> None:
-    """Refuse to overwrite or to mix runs (read-only, so every process can run it)."""
-    if force:
-        return
-    occupied = (train_dir.is_dir() and any(train_dir.iterdir())) or adapter_dir.exists()
-    if not occupied:
-        return
-    if not resume:
-        where = train_dir if train_dir.is_dir() else adapter_dir
-        raise RunDirError(f"{where} already holds a training run; use --resume to continue it or --force to start over")
-    saved_path = train_dir / "config.json"
-    if not saved_path.is_file():
-        raise RunDirError(f"{train_dir} has no config.json, so it cannot be resumed; use --force to start over")
-    saved = read_json(saved_path)
-    if saved != record:
-        raise RunDirError(f"{train_dir} was trained with a different {describe_differences(saved, record)}; "
-                          "set them back to resume it (--force discards it)")
-
-
-# ---------------------------------------------------------------- training
-
-
-def _training_arguments(args: TrainArgs, stage_dir: Path, seed: int, use_cpu: bool, bf16: bool,
-                        world_size: int) -> Any:
-    from transformers import TrainingArguments
-
-    ours = dict(
-        output_dir=str(stage_dir),
-        run_name=stage_dir.name,
-        num_train_epochs=args.epochs_per_stage,
-        max_steps=args.max_steps_per_stage or -1,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type=args.lr_scheduler,
-        warmup_steps=args.warmup_ratio,  # a float in [0, 1) is a ratio of the stage's steps
-        weight_decay=args.weight_decay,
-        max_grad_norm=args.max_grad_norm,
-        optim=args.optim,
-        per_device_train_batch_size=args.per_device_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        seed=seed,
-        data_seed=seed,
-        full_determinism=args.full_determinism,
-        use_cpu=use_cpu,
-        bf16=bf16,
-        eval_strategy="no",
-        save_strategy="steps",
-        save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit,
-        logging_strategy="steps",
-        logging_steps=args.logging_steps,
-        report_to=args.report_targets(),
-        disable_tqdm=True,
-        dataloader_num_workers=args.dataloader_num_workers,
-        dataloader_pin_memory=not use_cpu,
-        remove_unused_columns=False,
-        label_names=["labels"],
-        ddp_find_unused_parameters=False if world_size > 1 else None,
-    )
-    # ``train.extra`` last: what the user passes through wins over our defaults (its keys never
-    # name a field set above from TrainArgs: TrainArgs.validate refuses those).
-    try:
-        return TrainingArguments(**{**ours, **args.extra})
-    except (TypeError, ValueError) as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"train.extra: {text}") from exc
-
-
-def resolve_dtype(args: TrainArgs, use_cpu: bool) -> torch.dtype:
-    """``train.dtype``: ``auto`` = bf16 on a GPU that supports it, else fp32."""
-    from .models import pick_dtype
-
-    return pick_dtype("cpu" if use_cpu else "cuda") if args.dtype == "auto" else getattr(torch, args.dtype)
-
-
-def check_passthrough(args: TrainArgs, lora: LoraArgs) -> None:
-    """Have transformers and peft check ``train.extra`` / ``lora.extra`` before anything is written."""
-    import tempfile
-
-    use_cpu = args.use_cpu or not torch.cuda.is_available()
-    bf16 = resolve_dtype(args, use_cpu) == torch.bfloat16
-    with tempfile.TemporaryDirectory() as tmp:
-        _training_arguments(args, Path(tmp), args.seed, use_cpu, bf16, 1)
-    lora.to_peft()
-
-
-def _barrier() -> None:
-    """Wait for every process (a no-op in a single process)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
-def _stage_dir(train_dir: Path, index: int) -> Path:
-    return train_dir / f"stage-{index}"
 
 
 def _load_adapter_weights(model: Any, adapter_dir: Path) -> None:
@@ -521,14 +123,6 @@ def _load_adapter_weights(model: Any, adapter_dir: Path) -> None:
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise RunDirError(f"{adapter_dir}: adapter does not match the model ({unexpected[0]} unexpected)")
-
-
-def _write_history(train_dir: Path, stages: Sequence[Stage]) -> None:
-    entries = [read_json(_stage_dir(train_dir, s.index) / "final" / DONE_FILE)
-               for s in stages if stage_done(_stage_dir(train_dir, s.index))]
-    write_json(train_dir / "history.json",
-               {"stages": entries, "train_wall_s": sum(e["train_wall_s"] for e in entries),
-                "teacher_wall_s": sum(e.get("teacher_wall_s", 0.0) for e in entries)})
 
 
 @dataclass
@@ -546,40 +140,6 @@ class _Session:
     progress: Any
     callbacks: Sequence[Any]
     teacher: Teacher | None = None
-
-
-def _prepare_run_dir(
-    stages: Sequence[Stage], train_dir: Path, adapter_dir: Path, record: dict, resume: bool, force: bool,
-    is_main: bool, world: int,
-) -> tuple[int, Path | None]:
-    """Position of the first unfinished stage and the checkpoint to resume it from.
-
-    Every process reads the directory before the main process changes it (wipes it with
-    ``force``, deletes incomplete checkpoints and leftover temp dirs, writes config.json).
-    """
-    fresh = force or not resume
-    done = [not fresh and stage_done(_stage_dir(train_dir, s.index)) for s in stages]
-    first_open = next((i for i, d in enumerate(done) if not d), len(stages))
-    resume_from, unusable, leftovers = None, [], []
-    if first_open < len(stages) and not fresh:
-        open_dir = _stage_dir(train_dir, stages[first_open].index)
-        resume_from, unusable = _resume_point(open_dir, world)
-        leftovers = list(open_dir.glob(".final.*"))  # an interrupted atomic write of final/
-    _barrier()
-    if is_main:
-        if force:
-            shutil.rmtree(train_dir, ignore_errors=True)
-            shutil.rmtree(adapter_dir, ignore_errors=True)
-        if unusable:
-            index = stages[first_open].index
-            then = f"resuming from {resume_from.name}" if resume_from else "restarting the stage"
-            for path, problem in unusable:
-                logger.warning("stage %d: %s cannot be resumed from (%s); %s", index, path.name, problem, then)
-        for path in [p for p, _ in unusable] + leftovers:
-            shutil.rmtree(path, ignore_errors=True)
-        write_json(train_dir / "config.json", record)
-    _barrier()
-    return first_open, resume_from
 
 
 def _train_stage(

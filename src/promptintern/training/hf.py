@@ -1,0 +1,211 @@
+"""The Hugging Face glue: the ``Trainer`` subclass, its callbacks and its ``TrainingArguments``.
+
+Classes are built by functions so that importing this module does not import transformers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..args import KL_LOSSES, LOSSES, LoraArgs, TrainArgs
+from ..distill import Teacher, distill_loss
+from ..errors import ConfigError
+from ..progress import progress_bar
+from ..shared_prefix import BatchTokens
+from .checkpoints import CARRY_KEY
+from .loss import answer_loss
+
+
+def _make_trainer_class() -> type:
+    """The Trainer subclass (built lazily so importing this module does not import transformers)."""
+    from transformers import Trainer
+
+    class StageTrainer(Trainer):
+        """A ``Trainer`` with the answer-only loss and an optional carried-over optimizer state."""
+
+        # compute_loss normalises by the accumulated batch's token count: no further GA scaling.
+        loss_is_scaled_for_ga = True
+
+        def __init__(self, *args: Any, loss: str = "ce", optimizer_state: dict | None = None,
+                     teacher: Teacher | None = None, kl_weight: float = 0.5, carry: dict | None = None,
+                     shared_prefix: str = "off", **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            # What a resumed stage takes over from its checkpoint (see _save_checkpoint).
+            self.carry = carry or {}
+            self.t0 = time.perf_counter()
+            self.add_callback(_seed_callback_class()(self))
+            if loss not in LOSSES:
+                raise ConfigError(f"train.loss: {loss!r} is not one of {', '.join(LOSSES)}")
+            if loss in KL_LOSSES and teacher is None:
+                raise ConfigError(f"train.loss: {loss!r} needs a teacher")
+            self.loss_name = loss
+            self.teacher, self.kl_weight = teacher, kl_weight
+            self.shared_prefix = shared_prefix
+            self.batch_tokens: list[BatchTokens] = []  # this stage's token accounting, this process
+            if teacher is not None:
+                teacher.shared_prefix = shared_prefix
+            self.loss_parts: list[Any] = []  # summed (ce, kl, tokens) since the last log, this process
+            self.carried_optimizer_state = optimizer_state
+            # Have the Trainer count the answer tokens of each accumulated batch for compute_loss.
+            self.model_accepts_loss_kwargs = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            if self.loss_name == "ce":
+                loss = answer_loss(model, inputs, num_items_in_batch, self.shared_prefix, self.batch_tokens)
+            else:
+                loss, parts = distill_loss(model, self.teacher, inputs, loss=self.loss_name, kl_weight=self.kl_weight,
+                                           student=self.accelerator.unwrap_model(model),
+                                           num_items_in_batch=num_items_in_batch,
+                                           shared_prefix=self.shared_prefix, tokens=self.batch_tokens)
+                self.loss_parts.append(parts)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                # num_items_in_batch is then the global count, while DDP averages gradients over processes.
+                loss = loss * self.accelerator.num_processes
+            return (loss, None) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if self.loss_parts and "loss" in logs:  # per-token means of this process's terms
+                n = max(1, sum(p.n_tokens for p in self.loss_parts))
+                if self.loss_name == "ce+kl":
+                    logs["ce"] = float(sum(p.ce for p in self.loss_parts)) / n
+                logs["kl"] = float(sum(p.kl for p in self.loss_parts)) / n
+                self.loss_parts = []
+            super().log(logs, start_time)
+
+        def _save_checkpoint(self, model, trial):  # noqa: ANN001
+            # Before the Trainer writes trainer_state.json (last), so every complete checkpoint holds
+            # the summed loss of the steps before it and the stage's seconds so far.
+            self.state.stateful_callbacks[CARRY_KEY] = {
+                "step": self.state.global_step,
+                "loss_sum": self._total_loss_scalar + float(self._tr_loss.item()),
+                "train_wall_s": self.carry.get("train_wall_s", 0.0) + time.perf_counter() - self.t0,
+            }
+            super()._save_checkpoint(model, trial)
+
+        def create_optimizer(self, model=None):  # noqa: ANN001
+            optimizer = super().create_optimizer(model)
+            if self.carried_optimizer_state is not None:
+                fresh = optimizer.state_dict()
+                optimizer.load_state_dict({"state": self.carried_optimizer_state,
+                                           "param_groups": fresh["param_groups"]})
+            return optimizer
+
+    return StageTrainer
+
+
+def _seed_callback_class() -> type:
+    from transformers import TrainerCallback
+
+    class SeedResumedLoss(TrainerCallback):
+        """On a resumed stage, starts the Trainer's loss sum at the checkpoint's, so the stage's
+        ``train_loss`` is the mean over all its steps, as in an uninterrupted run (same additions
+        in the same order when checkpoints fall on logging steps)."""
+
+        def __init__(self, trainer: Any) -> None:
+            self.trainer = trainer
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            carry = self.trainer.carry
+            if carry.get("step") == state.global_step and state.global_step > 0:
+                # The Trainer divides its loss sum by the steps since _initial_global_step (its
+                # train_loss in the result and in log_history): count from the stage's start.
+                self.trainer._total_loss_scalar = float(carry["loss_sum"])
+                self.trainer._initial_global_step = 0
+
+    return SeedResumedLoss
+
+
+def _progress_callback_class() -> type:
+    from transformers import TrainerCallback
+
+    class StageProgress(TrainerCallback):
+        """Feeds a rich progress bar (stage i/N, step, loss, ETA) from the main process."""
+
+        def __init__(self, progress: Any, label: str) -> None:
+            self.progress, self.label, self.task = progress, label, None
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            if state.is_world_process_zero:
+                self.task = self.progress.add_task(self.label, total=state.max_steps,
+                                                   completed=state.global_step, loss=float("nan"))
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            if self.task is not None:
+                self.progress.update(self.task, completed=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            if self.task is not None and logs and "loss" in logs:
+                self.progress.update(self.task, loss=logs["loss"])
+
+    return StageProgress
+
+
+def _make_progress(enabled: bool) -> Any:
+    return progress_bar("{task.description}", "loss {task.fields[loss]:.4f}", enabled)
+
+
+def _training_arguments(args: TrainArgs, stage_dir: Path, seed: int, use_cpu: bool, bf16: bool,
+                        world_size: int) -> Any:
+    from transformers import TrainingArguments
+
+    ours = dict(
+        output_dir=str(stage_dir),
+        run_name=stage_dir.name,
+        num_train_epochs=args.epochs_per_stage,
+        max_steps=args.max_steps_per_stage or -1,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type=args.lr_scheduler,
+        warmup_steps=args.warmup_ratio,  # a float in [0, 1) is a ratio of the stage's steps
+        weight_decay=args.weight_decay,
+        max_grad_norm=args.max_grad_norm,
+        optim=args.optim,
+        per_device_train_batch_size=args.per_device_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        seed=seed,
+        data_seed=seed,
+        full_determinism=args.full_determinism,
+        use_cpu=use_cpu,
+        bf16=bf16,
+        eval_strategy="no",
+        save_strategy="steps",
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        logging_strategy="steps",
+        logging_steps=args.logging_steps,
+        report_to=args.report_targets(),
+        disable_tqdm=True,
+        dataloader_num_workers=args.dataloader_num_workers,
+        dataloader_pin_memory=not use_cpu,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        ddp_find_unused_parameters=False if world_size > 1 else None,
+    )
+    # ``train.extra`` last: what the user passes through wins over our defaults (its keys never
+    # name a field set above from TrainArgs: TrainArgs.validate refuses those).
+    try:
+        return TrainingArguments(**{**ours, **args.extra})
+    except (TypeError, ValueError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"train.extra: {text}") from exc
+
+
+def resolve_dtype(args: TrainArgs, use_cpu: bool) -> torch.dtype:
+    """``train.dtype``: ``auto`` = bf16 on a GPU that supports it, else fp32."""
+    from ..models import pick_dtype
+
+    return pick_dtype("cpu" if use_cpu else "cuda") if args.dtype == "auto" else getattr(torch, args.dtype)
+
+
+def check_passthrough(args: TrainArgs, lora: LoraArgs) -> None:
+    """Have transformers and peft check ``train.extra`` / ``lora.extra`` before anything is written."""
+    import tempfile
+
+    use_cpu = args.use_cpu or not torch.cuda.is_available()
+    bf16 = resolve_dtype(args, use_cpu) == torch.bfloat16
+    with tempfile.TemporaryDirectory() as tmp:
+        _training_arguments(args, Path(tmp), args.seed, use_cpu, bf16, 1)
+    lora.to_peft()
