@@ -83,6 +83,7 @@ def _make_trainer_class() -> type:
                 "step": self.state.global_step,
                 "loss_sum": self._total_loss_scalar + float(self._tr_loss.item()),
                 "train_wall_s": self.carry.get("train_wall_s", 0.0) + time.perf_counter() - self.t0,
+                "batch_tokens": [[b.rows, b.width, b.real, b.prefix] for b in self.batch_tokens],
             }
             super()._save_checkpoint(model, trial)
 
@@ -101,9 +102,9 @@ def _seed_callback_class() -> type:
     from transformers import TrainerCallback
 
     class SeedResumedLoss(TrainerCallback):
-        """On a resumed stage, starts the Trainer's loss sum at the checkpoint's, so the stage's
-        ``train_loss`` is the mean over all its steps, as in an uninterrupted run (same additions
-        in the same order when checkpoints fall on logging steps)."""
+        """On a resumed stage, starts the Trainer's loss sum (and the token accounting) at the
+        checkpoint's, so the stage's ``train_loss`` is the mean over all its steps, as in an
+        uninterrupted run (same additions in the same order when checkpoints fall on logging steps)."""
 
         def __init__(self, trainer: Any) -> None:
             self.trainer = trainer
@@ -115,6 +116,8 @@ def _seed_callback_class() -> type:
                 # train_loss in the result and in log_history): count from the stage's start.
                 self.trainer._total_loss_scalar = float(carry["loss_sum"])
                 self.trainer._initial_global_step = 0
+                # the token accounting of the batches before the checkpoint, so history.json counts the whole stage
+                self.trainer.batch_tokens[:0] = [BatchTokens(*t) for t in carry.get("batch_tokens", [])]
 
     return SeedResumedLoss
 
