@@ -229,19 +229,38 @@ def make_system(name: str, model: Any, tokenizer: Any, prompts: Sequence[Any], p
 
 def measure(model: Any, tokenizer: Any, system: System, lengths: Sequence[int], repeats: int,
             batch_sizes: Sequence[int]) -> dict[str, Any]:
-    """Per forced length: batch-1 latency, TTFT and s/token (median, IQR) and throughput of ``system``.
+    """Per forced length: batch-1 latency, TTFT and s/token (median, IQR) and throughput of ``system``."""
+    return measure_interleaved(model, tokenizer, [system], lengths, repeats, batch_sizes)[system.name]
+
+
+def measure_interleaved(model: Any, tokenizer: Any, systems: Sequence[System], lengths: Sequence[int], repeats: int,
+                        batch_sizes: Sequence[int]) -> dict[str, dict[str, Any]]:
+    """:func:`measure` for several systems on one model, their repeats taken in turn (A, B, C, A, B, C, …)
+    so that a change in the machine's load during the measurement falls on every system alike.
 
     Each repeat generates max(``lengths``) tokens; a shorter length is read off the same
     generation's clock at its last token (the first L tokens are the same computation).
     """
-    seqs, longest = system.seqs, max(lengths)
-    timed_generate(model, tokenizer, [seqs[0]], 2, system.cache)  # warm-up, untimed
-    runs = [timed_generate(model, tokenizer, [seqs[r % len(seqs)]], longest, system.cache) for r in range(repeats)]
+    longest = max(lengths)
+    for system in systems:  # warm-up, untimed
+        timed_generate(model, tokenizer, [system.seqs[0]], 2, system.cache)
+    runs: dict[str, list[Timed]] = {s.name: [] for s in systems}
+    for r in range(repeats):
+        for system in systems:
+            runs[system.name].append(timed_generate(model, tokenizer, [system.seqs[r % len(system.seqs)]], longest,
+                                                    system.cache))
+    batched = {s.name: {b: _throughput_runs(model, tokenizer, s, longest, b, repeats) for b in batch_sizes}
+               for s in systems}
+    return {s.name: _rows(model, s, runs[s.name], batched[s.name], lengths) for s in systems}
+
+
+def _rows(model: Any, system: System, runs: list[Timed], batched: dict[int, list[list[Timed]]],
+          lengths: Sequence[int]) -> dict[str, Any]:
+    longest = max(lengths)
     if any(r.new_tokens != longest for r in runs):
         raise RuntimeError(f"forced length {longest} not reached ({[r.new_tokens for r in runs]})")
     per_pos = kv_bytes_per_position(model)
-    prompt_tokens = float(np.mean([len(s) for s in seqs]))
-    batched = {b: _throughput_runs(model, tokenizer, system, longest, b, repeats) for b in batch_sizes}
+    prompt_tokens = float(np.mean([len(s) for s in system.seqs]))
     out = {}
     for L in lengths:
         at = [r.at(L) for r in runs]
@@ -250,6 +269,7 @@ def measure(model: Any, tokenizer: Any, system: System, lengths: Sequence[int], 
             "prompt_tokens_mean": prompt_tokens, "cached_prefix_tokens": system.prefix_len,
             "latency_s": summarise([x[0] for x in at]), "ttft_s": summarise([x[1] for x in at]),
             "s_per_output_token": summarise([x[2] for x in at]),
+            "latency_s_runs": [x[0] for x in at],
             "peak_memory_bytes": max((r.peak_bytes or 0) for r in runs) or None,
             "peak_memory_kind": _peak_bytes(model.device)[1] + f", over {longest} new tokens",
             # everything resident while the query runs (the prefix-cached path copies the prefix per query)
@@ -346,8 +366,8 @@ def scaling_point(model: Any, tokenizer: Any, task: Any, queries: Sequence[str],
                "query": make_system("query", model, tokenizer, alone, False)}
     point: dict[str, Any] = {"target_tokens": target, "template_tokens": template_tokens(tokenizer, template),
                              "systems": {}, "load_average_before": _load()}
-    for name, system in systems.items():
-        point["systems"][name] = measure(model, tokenizer, system, args.lengths, args.repeats, args.batch_sizes)
+    point["systems"] = measure_interleaved(model, tokenizer, list(systems.values()), args.lengths, args.repeats,
+                                           args.batch_sizes)
     point["speedup"] = speedups(point["systems"], args.lengths)
     point["load_average_after"] = _load()
     return point
