@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline_fixtures import tiny_run_config, write_config
 from promptintern.args import LoraArgs, TrainArgs, volatile_fields
@@ -62,6 +63,18 @@ def test_old_run_json_without_identity_compares_its_config_yaml(tmp_path):
     (run_dir / "run.json").write_text(json.dumps({"fingerprint": "from-an-older-rule"}))
     with pytest.raises(RunDirError, match=r"train\.seed \(0 → 1\)"):
         open_run_dir(dataclasses.replace(cfg, train=TrainArgs(seed=1)), resume=True, force=False)
+
+
+def test_a_field_marked_volatile_later_is_no_difference(tmp_path):
+    """The saved config is read under today's rules: a run whose retrieve.batch_size differs (a
+    field that changes no result, marked volatile) still resumes, whatever run.json's hash says."""
+    cfg = RunConfig(output_dir=str(tmp_path / "run"))
+    run_dir = open_run_dir(cfg, resume=False, force=False)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved["retrieve"]["batch_size"] = 7
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    (run_dir / "run.json").write_text(json.dumps({"fingerprint": "made-under-older-rules"}))
+    open_run_dir(cfg, resume=True, force=False)
 
 
 def test_describe_differences_limits_its_length():

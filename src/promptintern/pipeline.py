@@ -112,14 +112,14 @@ def check_same_run(run_dir: Path, cfg: RunConfig) -> None:
     marker = read_json(run_dir / "run.json")
     if marker.get("fingerprint") == cfg.fingerprint():
         return
+    # The saved config read under today's rules first: a field marked volatile (or added, at its
+    # default) since the run was made is then no difference. run.json's identity where it cannot be read.
     saved = marker.get("identity")
-    if saved is None and (run_dir / "config.yaml").is_file():  # a run.json written before identities were
+    if (run_dir / "config.yaml").is_file():
         from .config import load_config
 
-        try:
+        with contextlib.suppress(ConfigError):
             saved = load_config(str(run_dir / "config.yaml")).identity()
-        except ConfigError:
-            saved = None
     if saved is None:
         raise RunDirError(f"{run_dir} was created by a different config; use --force to overwrite it")
     if differences(saved, cfg.identity()):

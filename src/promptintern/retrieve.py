@@ -54,8 +54,8 @@ class RetrieveConfig:
         default=DEFAULT_EMBEDDING_MODEL,
         metadata={"help": "installed model package (with a model/ folder) or local sentence-transformers dir"},
     )
-    batch_size: int = field(default=64, metadata={"help": "queries per embedding batch"})
-    device: str | None = field(default=None, metadata={"help": "embedding device (cpu, cuda); empty = auto"})
+    batch_size: int = field(default=64, metadata={"help": "queries per embedding batch", "volatile": True})
+    device: str | None = field(default=None, metadata={"help": "embedding device (cpu, cuda); empty = auto", "volatile": True})
     stopwords: bool = field(default=True, metadata={"help": "bm25: drop English stopwords from queries and pool"})
 
     def validate(self) -> None:
