@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..progress import progress_bar
 from ..tasks.base import Instance
 from .sandbox import Sandbox, SandboxLimits, SandboxResult
 
@@ -90,14 +91,12 @@ def pass_at_1(
 
     results: dict[str, SandboxResult] = {}
     n_workers = max(1, workers or os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        stream = zip(todo, pool.map(run, todo), strict=True)
-        if progress:
-            from rich.progress import track
-
-            stream = track(stream, total=len(todo), description="MBPP sandbox")
-        for inst, res in stream:
+    bar = progress_bar("MBPP sandbox", "{task.fields[passed]} passed", progress)
+    task = bar.add_task("sandbox", total=len(todo), passed=0)
+    with ThreadPoolExecutor(max_workers=n_workers) as pool, bar:
+        for inst, res in zip(todo, pool.map(run, todo), strict=True):
             results[inst.id] = res
+            bar.update(task, advance=1, passed=sum(r.status == "passed" for r in results.values()))
     per_item = {inst.id: _item(results.get(inst.id)) for inst in instances}
     passed = sum(rec["passed"] for rec in per_item.values())
     n = len(instances)
