@@ -62,13 +62,16 @@ def _model(cfg):
     return model
 
 
-def _step(model, batch, mode: str, tokens: list) -> float:
+def _step(model, batch, mode: str, tokens: list, cpu: list) -> float:
+    """Forward + backward of one batch; returns wall seconds and appends process CPU seconds to ``cpu``
+    (on a shared machine CPU time is the steadier figure: wall time includes waiting for a core)."""
     from promptintern.trainer import answer_loss
 
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     loss = answer_loss(model, batch, shared_prefix=mode, tokens=tokens)
     loss.backward()
     model.zero_grad(set_to_none=True)
+    cpu.append(time.process_time() - start_cpu)
     return time.perf_counter() - start
 
 
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--only", choices=("off", "auto"), default=None)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-warmup", action="store_true", help="skip the untimed first step (saves one step)")
     a = p.parse_args(argv)
 
     import torch
@@ -94,26 +98,30 @@ def main(argv: list[str] | None = None) -> int:
     model = _model(cfg)
     modes = [a.only] if a.only else ["off", "auto"]
     times: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}
     tokens: dict[str, list] = {m: [] for m in modes}
-    _step(model, batches[0], modes[0], [])  # warm-up (allocator, kernels), not timed
+    if not a.no_warmup:
+        _step(model, batches[0], modes[0], [], [])  # warm-up (allocator, kernels), not timed
     for _ in range(a.repeats):
         for batch in batches:
             for mode in modes:
-                times[mode].append(_step(model, batch, mode, tokens[mode]))
+                times[mode].append(_step(model, batch, mode, tokens[mode], cpu[mode]))
+                print(f"{mode}: {times[mode][-1]:.2f} s wall, {cpu[mode][-1]:.2f} s CPU "
+                      f"(width {batch['input_ids'].shape[1]})", file=sys.stderr, flush=True)
     out = {"config": a.config, "set": a.set, "batch_size": cfg.train.per_device_batch_size,
            "batches": len(batches), "repeats": a.repeats, "threads": a.threads}
     for mode in modes:
         summary = token_summary(tokens[mode])
-        q = statistics.quantiles(times[mode], n=4)
-        out[mode] = {"median_s": round(statistics.median(times[mode]), 3), "iqr_s": [round(q[0], 3), round(q[2], 3)],
-                     "tokens": summary["tokens"]}
+        out[mode] = {"wall_s": [round(t, 2) for t in times[mode]], "cpu_s": [round(t, 2) for t in cpu[mode]],
+                     "median_wall_s": round(statistics.median(times[mode]), 2),
+                     "median_cpu_s": round(statistics.median(cpu[mode]), 2), "tokens": summary["tokens"]}
     if a.only:
         out[a.only]["peak_rss_mb"] = token_summary([])["peak_rss_mb"]
     else:
-        out["speedup"] = round(out["off"]["median_s"] / out["auto"]["median_s"], 2)
-        pairs = [o / s for o, s in zip(times["off"], times["auto"], strict=True)]
-        q = statistics.quantiles(pairs, n=4)
-        out["speedup_paired_iqr"] = [round(q[0], 2), round(q[2], 2)]
+        for kind, series in (("wall", times), ("cpu", cpu)):
+            pairs = [o / s for o, s in zip(series["off"], series["auto"], strict=True)]
+            out[f"speedup_{kind}_per_batch"] = [round(x, 2) for x in pairs]
+            out[f"speedup_{kind}_median"] = round(statistics.median(pairs), 2)
     print(json.dumps(out), flush=True)
     return 0
 

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="score a predictions file against a task's test split")
     p.add_argument("--task", required=True)
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of a built-in task, e.g. --task-option split=query for geoquery (repeatable)")
     p.add_argument("--predictions", required=True, help="JSONL of {'id', 'prediction'}")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None, help="where to write the scores: a .json file, or a directory for "
