@@ -249,6 +249,9 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         axes[1].axhline(sc["target"], color="grey", linewidth=0.8)
         axes[0].set(xlabel="recurring-prompt tokens", ylabel="batch-1 latency, s (median)", xscale="log")
         axes[1].set(xlabel="recurring-prompt tokens", ylabel="speed-up of the query alone", xscale="log")
+        for ax in axes:
+            ax.set_xticks(xs, [str(x) for x in xs], minor=False)
+            ax.set_xticks([], minor=True)
         axes[0].legend(fontsize=7)
         axes[1].legend(fontsize=7)
         fig.suptitle(f"{sc['settings']['model']}: speed vs prompt length at forced answer lengths (no training)")
