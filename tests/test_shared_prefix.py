@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from peft import get_peft_model
 
 from promptintern.distill import answer_logits, answer_mask
 from promptintern.errors import ConfigError
@@ -16,20 +15,12 @@ from promptintern.shared_prefix import MIN_PREFIX_TOKENS, SharedPrefixUnsupporte
 from promptintern.trainer import LoraArgs, PadCollator, tokenize_records
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_fixtures import toy_stages  # noqa: E402
+from train_fixtures import tiny_lora_model, toy_stages  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def lora_model():
-    from promptintern.models import load_model
-
-    base, tok = load_model("tiny-random", device="cpu")  # a private copy: LoRA layers are injected in place
-    model = get_peft_model(base, LoraArgs(dropout=0.0).to_peft())
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():  # non-zero B so the adapter takes part
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.02)
-    return model, tok
+    return tiny_lora_model()
 
 
 def _batch(tok, records):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import get_peft_model, get_peft_model_state_dict
+from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -31,7 +31,7 @@ from promptintern.trainer import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_fixtures import toy_args, toy_stages  # noqa: E402
+from train_fixtures import tiny_lora_model, toy_args, toy_stages  # noqa: E402
 
 HELPER = Path(__file__).parent / "train_fixtures.py"
 
@@ -89,14 +89,7 @@ def test_records_longer_than_max_length_are_dropped_not_truncated(tiny_model):
 
 
 def test_answer_only_logits_give_the_full_logits_loss_and_gradients():
-    from promptintern.models import load_model
-
-    base, tok = load_model("tiny-random", device="cpu")  # a private copy: LoRA layers are injected in place
-    model = get_peft_model(base, LoraArgs(dropout=0.0).to_peft())
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():  # non-zero B so the adapter takes part
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.02)
+    model, tok = tiny_lora_model()
     records = toy_stages(3, 3)[0].records + toy_stages(3, 3)[2].records  # very different lengths
     batch = PadCollator(tok.pad_token_id)(tokenize_records(records, tok, 4096)[0])
     assert (batch["attention_mask"] == 0).any()  # padding is exercised

@@ -50,6 +50,22 @@ def toy_args(**changes) -> TrainArgs:
     return TrainArgs(**{**base, **changes})
 
 
+def tiny_lora_model():
+    """A private tiny-random model with a LoRA adapter whose B matrices are non-zero (so it takes part)."""
+    import torch
+    from peft import get_peft_model
+
+    from promptintern.models import load_model
+
+    base, tok = load_model("tiny-random", device="cpu")  # a private copy: LoRA layers are injected in place
+    model = get_peft_model(base, LoraArgs(dropout=0.0).to_peft())
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    return model, tok
+
+
 def adapter_hash(model) -> str:
     from peft import get_peft_model_state_dict
 
