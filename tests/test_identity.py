@@ -23,7 +23,7 @@ from train_fixtures import toy_stages
 
 # A value different from the default, for every field marked volatile.
 CHANGED = {"save_steps": 50, "save_total_limit": 5, "keep_checkpoints": True, "logging_steps": 3,
-           "report_to": "tensorboard", "dataloader_num_workers": 2, "num_threads": 2}
+           "report_to": "tensorboard", "dataloader_num_workers": 2, "num_threads": 2, "shared_prefix": "off"}
 
 
 def test_both_guards_share_the_volatile_rule():
