@@ -39,13 +39,11 @@ import logging
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -77,24 +75,12 @@ def build_requests(run_dir: Path, n: int) -> tuple[str, list[list[dict[str, str]
     return cfg.method, [m for _, m in serving_messages(prep, test, prep.plan.serve_tau, prep.plan.serve_k)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def server(run_dir: Path, threads: int, log_path: Path) -> Iterator[tuple[str, float, int]]:
     """``promptintern serve run_dir`` on a free loopback port; yields (base URL, start seconds, pid)."""
-    port = _free_port()
+    from promptintern.serve import free_loopback_port, is_healthy
+
+    port = free_loopback_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "promptintern.cli", "--threads", str(threads), "serve", str(run_dir),
            "--port", str(port)]
@@ -102,7 +88,7 @@ def server(run_dir: Path, threads: int, log_path: Path) -> Iterator[tuple[str, f
     with open(log_path, "a") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        while not _healthy(f"http://127.0.0.1:{port}/health"):
+        while not is_healthy(f"http://127.0.0.1:{port}/health"):
             if proc.poll() is not None or time.perf_counter() - t0 > START_TIMEOUT_S:
                 raise RuntimeError(f"server for {run_dir} did not start (exit {proc.poll()}); see {log_path}")
             time.sleep(0.2)

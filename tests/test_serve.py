@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from promptintern.errors import RunDirError
 from promptintern.exporter import export
 from promptintern.io import read_jsonl
 from promptintern.models import MARKER, resolve_model_path
+from promptintern.serve import free_loopback_port, is_healthy
 
 pytest.importorskip("openai")
 pytest.importorskip("fastapi")
@@ -57,31 +57,17 @@ def sql_run(tmp_path_factory) -> Path:
     return tmp / "run"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def running_server(target: Path, cache: Path, log: Path) -> Iterator[tuple[subprocess.Popen, str]]:
     """``promptintern serve target`` on a free loopback port; yields (process, base URL); always stopped."""
-    port = _free_port()
+    port = free_loopback_port()
     env = {**os.environ, "PROMPTINTERN_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "promptintern.cli", "--threads", "1", "serve", str(target), "--port", str(port)]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _healthy(f"http://127.0.0.1:{port}/health"):
+        while not is_healthy(f"http://127.0.0.1:{port}/health"):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"server did not come up (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
@@ -146,4 +132,4 @@ def test_serve_refuses_a_busy_port_before_loading_anything():
         busy.listen()
         with pytest.raises(UserError, match="cannot listen on 127.0.0.1"):
             check_port("127.0.0.1", busy.getsockname()[1])
-    check_port("127.0.0.1", _free_port())
+    check_port("127.0.0.1", free_loopback_port())

@@ -57,24 +57,16 @@ class ServerMissing(UserError):
     """The serving extra is not installed."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def run_fingerprint(run_dir: Path) -> dict[str, Any]:
     """What the served export of ``run_dir`` depends on: adapter, configs and the base weights."""
+    from .identity import file_digest, model_identity
     from .io import read_json
-    from .models import model_fingerprint
 
     files = ["adapter/adapter_model.safetensors", "adapter/adapter_config.json", "train/config.json", "config.yaml"]
     record = read_json(run_dir / "train" / "config.json")
     return {
-        "kind": "serve-export", "version": EXPORT_VERSION, "base": model_fingerprint(record["model"]),
-        "files": {f: _sha256(run_dir / f) for f in files if (run_dir / f).is_file()},
+        "kind": "serve-export", "version": EXPORT_VERSION, "base": model_identity(record["model"]),
+        "files": {f: file_digest(run_dir / f) for f in files if (run_dir / f).is_file()},
     }
 
 
@@ -125,6 +117,24 @@ def check_port(host: str, port: int) -> None:
 
 class _Stop(Exception):
     """Raised by the SIGTERM handler once the server has shut down (or before it started)."""
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for tests and the load benchmark)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def is_healthy(url: str) -> bool:
+    """Whether a started server answers ``url`` (its health endpoint) with 200."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def _raise_stop(signum: int, frame: Any) -> None:
