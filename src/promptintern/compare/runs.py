@@ -33,10 +33,11 @@ def run_all(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
 
     path = plan.out / "wall_s.json"
     spent: dict[str, Any] = read_json(path) if path.is_file() else {}
-    for method in plan.args.ordered_methods():
-        if METHODS[method].prefix_cache_of:
-            continue  # no run of its own: its source's adapter, served with the prefix cache
-        for seed in plan.seeds:
+    # Seed-major: a benchmark stopped part-way holds whole seeds (every method), which the report
+    # can already compare, rather than every seed of the first methods only.
+    trained = [m for m in plan.args.ordered_methods() if not METHODS[m].prefix_cache_of]
+    for seed in plan.seeds:
+        for method in trained:  # a prefix-cache method has no run: its source's adapter, cached
             if finished(plan, method, seed):
                 log(f"{method} seed {seed}: finished earlier, kept")
                 continue
