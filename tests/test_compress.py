@@ -201,6 +201,34 @@ def test_selfinfo_is_deterministic_and_cached(tiny_model, tmp_path):
     assert len(entries) == 2 and json.loads(entries[0].read_text())["text"]
 
 
+
+def test_cache_follows_the_model_content_not_its_mtimes(tiny_model, tmp_path, monkeypatch):
+    """Cache keys use promptintern.identity.model_identity: a touched weight file still hits,
+    a changed byte deep inside it misses; the default directory is under the one cache root."""
+    from promptintern.compress.base import default_cache_dir
+    from promptintern.identity import cache_root
+
+    monkeypatch.setenv("PROMPTINTERN_CACHE", str(tmp_path / "root"))
+    assert default_cache_dir() == cache_root() / "compress" == tmp_path / "root" / "compress"
+    model, tok = tiny_model
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    weights = model_dir / "model.safetensors"
+
+    def compressor() -> SelfInfoCompressor:
+        return SelfInfoCompressor(lambda: tiny_model, str(model_dir), (), tmp_path / "cache")
+
+    with ForwardCounter(model) as fc:
+        first = compressor().compress(LIST_TEXT, 0.5)
+        st_ = weights.stat()
+        os.utime(weights, ns=(st_.st_atime_ns, st_.st_mtime_ns + 10**9))  # touched, same bytes
+        assert compressor().compress(LIST_TEXT, 0.5) == first and fc.calls == 1
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 1  # one byte deep in the last tensor
+        weights.write_bytes(bytes(data))
+        compressor().compress(LIST_TEXT, 0.5)
+        assert fc.calls == 2
+
 def test_sliding_window_matches_full_pass_on_first_window(tiny_model):
     model, tok = tiny_model
     ids = tok(LIST_TEXT, add_special_tokens=False)["input_ids"]

@@ -12,20 +12,19 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError
+from ..identity import cache_root
 from ..io import read_json, write_json
 from ..prompt import Template
 
 METHODS = ("selfinfo", "variants", "llmlingua", "generate", "none")
 STRUCTURES = ("words", "lines", "comments")
 TEMPLATE_PARTS = ("instruction", "documentation")
-CACHE_ENV = "PROMPTINTERN_CACHE"  # the same root as promptintern.models
 
 
 @runtime_checkable
@@ -144,13 +143,8 @@ def sha256_text(text: str) -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$PROMPTINTERN_CACHE/compress``, else ``compress`` in the user cache directory (platformdirs)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser() / "compress"
-    import platformdirs
-
-    return platformdirs.user_cache_path("promptintern") / "compress"
+    """``compress`` under the one cache root (:func:`promptintern.identity.cache_root`)."""
+    return cache_root() / "compress"
 
 
 @dataclass
@@ -186,23 +180,6 @@ class ResultCache:
             write_json(path, entry)
 
 
-def model_fingerprint(model_id: str) -> str:
-    """The model's name plus, for a local directory, the names, sizes and mtimes of its files.
-
-    Cheap and computable without loading the model, so a cache hit never loads it; retraining
-    weights in place changes the mtimes and so invalidates the cache.
-    """
-    path = Path(model_id).expanduser()
-    if not path.is_dir():
-        return model_id
-    stats = sorted(
-        (str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime))
-        for p in path.rglob("*")
-        if p.is_file()
-    )
-    return model_id + ":" + hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
-
-
 @dataclass
 class CompressConfig:
     """Which template compressor to use and how (see ``promptintern.compress``)."""
@@ -212,7 +189,7 @@ class CompressConfig:
     protect_identifiers: bool = field(default=True, metadata={"help": "selfinfo: rank first (within the rate) the names the training answers use where the template writes them: tables, columns, functions, flags."})
     model: str = field(default="smollm2-135m", metadata={"help": "Model that scores words (selfinfo) or rewrites the text (generate, local backend): alias or local HF directory."})
     force_keep: list[str] = field(default_factory=list, metadata={"help": "Strings never dropped (command names, {placeholders}, ```python); empty = the task's own list."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Directory of cached compressions; null = $PROMPTINTERN_CACHE/compress or the user cache directory."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Directory of cached compressions; null = compress/ under the cache root ($PROMPTINTERN_CACHE or the user cache directory)."})
     cache: bool = field(default=True, metadata={"help": "Cache compressed texts on disk (selfinfo, generate)."})
     aggregate: str = field(default="mean", metadata={"help": "selfinfo: rank words by mean (information per token of budget) or sum (whole-word information) of their tokens' self-information.", "choices": ("mean", "sum")})
     window: int = field(default=2048, metadata={"help": "selfinfo: longest token window of one forward pass; longer texts are scored with a sliding window."})

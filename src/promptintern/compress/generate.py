@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ConfigError, ModelError
-from .base import ResultCache, model_fingerprint, sha256_text, trivial_result
+from ..identity import model_identity
+from .base import ResultCache, sha256_text, trivial_result
 
 PROMPT_VERSION = 1
 CHARS_PER_TOKEN = 4.0  # token estimate for endpoints, whose tokenizer we do not have
@@ -55,7 +56,7 @@ class LocalChat:
 
     @property
     def ident(self) -> str:
-        return "local:" + model_fingerprint(self.model_id)
+        return "local:" + model_identity(self.model_id)
 
     def _model(self) -> tuple[Any, Any]:
         if self._loaded is None:

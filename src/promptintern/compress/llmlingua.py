@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .base import ResultCache, model_fingerprint, sha256_text, trivial_result
+from ..identity import model_identity
+from .base import ResultCache, sha256_text, trivial_result
 
 INSTALL_HINT = (
     "pip install promptintern[llmlingua]; LLMLingua-2 also needs a local classifier model directory "
@@ -48,7 +49,7 @@ class LLMLinguaCompressor:
         rate = float(rate)
         cache = ResultCache(self.cache_dir, "llmlingua")
         key = cache.key(
-            text=sha256_text(text), rate=round(rate, 6), model=model_fingerprint(str(self.model_path)),
+            text=sha256_text(text), rate=round(rate, 6), model=model_identity(str(self.model_path)),
             force_tokens=list(self.force_tokens),
         )
         hit = cache.get(key)

@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
-from .base import ResultCache, check_rate, model_fingerprint, sha256_text, trivial_result
+from ..identity import model_identity
+from .base import ResultCache, check_rate, sha256_text, trivial_result
 
 ALGO_VERSION = 1  # bump when the selection changes, so stale cache entries are not reused
 _WORD = re.compile(r"\s*\S+")
@@ -349,7 +350,7 @@ class SelfInfoCompressor:
         cache = ResultCache(self.cache_dir, "selfinfo")
         extra = {k: v for k, v in (("structure", self.structure), ("prefer", prefer)) if v not in ("words", [])}
         key = cache.key(  # ``extra`` only when set, so entries written before these options stay valid
-            algo=ALGO_VERSION, text=sha256_text(text), rate=round(rate, 6), model=model_fingerprint(self.model_id),
+            algo=ALGO_VERSION, text=sha256_text(text), rate=round(rate, 6), model=model_identity(self.model_id),
             force_keep=list(self.force_keep), aggregate=self.aggregate, **extra,
         )
         hit = cache.get(key)
@@ -370,7 +371,7 @@ class SelfInfoCompressor:
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         offsets = [tuple(o) for o in enc["offset_mapping"]]
         cache = ResultCache(self.cache_dir, "selfinfo-scores")
-        key = cache.key(algo=ALGO_VERSION, text=sha256_text(text), model=model_fingerprint(self.model_id), window=self.window)
+        key = cache.key(algo=ALGO_VERSION, text=sha256_text(text), model=model_identity(self.model_id), window=self.window)
         hit = cache.get(key)
         if hit is not None and len(hit.get("scores", ())) == len(offsets):
             return offsets, [float(s) for s in hit["scores"]]
