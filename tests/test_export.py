@@ -96,6 +96,20 @@ def test_export_refuses_to_overwrite_or_to_export_nothing(trained, tmp_path):
         export(run_dir, run_dir / "adapter", force=True)
 
 
+def test_export_cli_refuses_then_replaces_with_force(trained, tmp_path, capsys):
+    """The refusal's advice (--force) is an option the export command has."""
+    from promptintern.cli import main
+
+    run_dir, _, _ = trained
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file.txt").write_text("mine")
+    argv = ["export", "--run", str(run_dir), "--out", str(tmp_path / "busy")]
+    assert main(argv) != 0
+    assert "use --force" in capsys.readouterr().err and (tmp_path / "busy" / "file.txt").is_file()
+    assert main([*argv, "--force"]) == 0
+    assert not (tmp_path / "busy" / "file.txt").exists() and (tmp_path / "busy" / "adapter_config.json").is_file()
+
+
 # ---------------------------------------------------------------- the served prompt travels with the model
 
 RAW_QUERIES = ["How many employees are there?", 'names with "quotes", {{ braces }} and ünïcode\nover two lines']

@@ -74,11 +74,12 @@ def infer(run_dir: PathLike, input: PathLike, output: PathLike, **options: Any) 
     return infer_file(Path(run_dir), Path(input), Path(output), **options)
 
 
-def export(run_dir: PathLike, out: PathLike, merge: bool = False) -> Path:
-    """Write a run's adapter, or the merged model, as a standard HF directory (``promptintern export``)."""
+def export(run_dir: PathLike, out: PathLike, merge: bool = False, force: bool = False) -> Path:
+    """Write a run's adapter, or the merged model, as a standard HF directory (``promptintern export``);
+    ``force`` replaces a non-empty ``out``."""
     from .exporter import export as _export
 
-    return _export(Path(run_dir), Path(out), merge=merge)
+    return _export(Path(run_dir), Path(out), merge=merge, force=force)
 
 
 def __getattr__(name: str) -> Any:

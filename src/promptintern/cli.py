@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--merge", action="store_true", help="merge the adapter into the base weights")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
 
     p = sub.add_parser("serve", help="serve a run or a merged export on an OpenAI-compatible endpoint (transformers serve)")
     p.add_argument("path", metavar="RUN_OR_EXPORT", help="run directory (merged and cached first) or merged export")

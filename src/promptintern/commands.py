@@ -129,7 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .exporter import export
 
-    out = export(Path(args.run), Path(args.out), merge=args.merge)
+    out = export(Path(args.run), Path(args.out), merge=args.merge, force=args.force)
     _console().print(f"exported {'merged model' if args.merge else 'adapter'} → {out}")
     return 0
 

@@ -191,12 +191,11 @@ def _write_adapter(model_name: str, adapter: Path, base: str, dest: Path, served
 
 def _write_merged(model_name: str, adapter: Path, dest: Path, served: ServedPrompt | None) -> None:
     import torch
-    from peft import PeftModel
 
-    from .models import load_model
+    from .inference import load_for_serving
 
-    base, tokenizer = load_model(model_name, dtype=torch.float32, device="cpu")
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    # fp32 on the CPU: the merge is exact there (in bf16 it would round most of the update away)
+    merged, tokenizer = load_for_serving(model_name, adapter, merge=True, device="cpu", dtype=torch.float32)
     gen = merged.generation_config
     if gen is not None and gen.eos_token_id is None and tokenizer.eos_token_id is not None:
         gen.eos_token_id = tokenizer.eos_token_id  # so generation stops at the end of the turn
