@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -176,7 +177,9 @@ def test_disk_full_during_checkpoint(tmp_path, capsys, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device", "optimizer.pt")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    cfg = write_config(tmp_path, base_config(tmp_path))
+    raw = base_config(tmp_path)
+    raw["train"]["logging_steps"] = 1
+    cfg = write_config(tmp_path, raw)
     code, err = run_cli(["train", cfg], capsys)
     *progress, last = err.splitlines()
     assert code == 6 and last.startswith("promptintern: error: disk full")
@@ -186,6 +189,8 @@ def test_disk_full_during_checkpoint(tmp_path, capsys, monkeypatch):
     code, err = run_cli(["train", cfg, "--resume"], capsys)
     assert code == 0, err
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    # each line shows the loss logged at its step, or a dash before the first log: never "nan"
+    assert "nan" not in err and re.search(r" · loss \d+\.\d{4} · ", err), err
 
 
 def test_console_script_prints_no_traceback_and_debug_does(tmp_path):

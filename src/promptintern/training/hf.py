@@ -134,21 +134,22 @@ def _progress_callback_class() -> type:
         def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
             if state.is_world_process_zero:
                 self.task = self.progress.add_task(self.label, total=state.max_steps,
-                                                   completed=state.global_step, loss=float("nan"))
+                                                   completed=state.global_step, loss="–")
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-            if self.task is not None:
+            # A logging step's line waits for on_log (called next), so it shows that step's loss.
+            if self.task is not None and not control.should_log:
                 self.progress.update(self.task, completed=state.global_step)
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
             if self.task is not None and logs and "loss" in logs:
-                self.progress.update(self.task, loss=logs["loss"])
+                self.progress.update(self.task, completed=state.global_step, loss=f"{logs['loss']:.4f}")
 
     return StageProgress
 
 
 def _make_progress(enabled: bool) -> Any:
-    return progress_bar("{task.description}", "loss {task.fields[loss]:.4f}", enabled)
+    return progress_bar("{task.description}", "loss {task.fields[loss]}", enabled)
 
 
 def _training_arguments(args: TrainArgs, stage_dir: Path, seed: int, use_cpu: bool, bf16: bool,
