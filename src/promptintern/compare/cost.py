@@ -24,9 +24,10 @@ from ..errors import ConfigError
 GPT4O_MINI_FT_SOURCE = ("OpenAI gpt-4o-mini fine-tuned model, as listed on pecollective.com/tools/gpt-4o-mini-pricing "
                         "(page dated April 2026, read 2026-11-30): $0.30 input, $0.15 cached input, $1.20 output per "
                         "1M tokens; not re-checked against OpenAI's own page (no internet here)")
-TRAINING_SOURCE = ("$3.00 per 1M training tokens: OpenAI's gpt-4o-mini fine-tuning price as published since 2024 "
-                   "(quoted from memory, NOT verified offline; third-party pages disagree: pecollective.com, "
-                   "April 2026, says $0.30; theluckystrike.github.io says $1.00) — set your own")
+TRAINING_SOURCE = ("$3.00 per 1M training tokens: gpt-4o-mini fine-tuning as listed by tokenmix.ai/blog/openai-fine-tuning-pricing "
+                   "(April 2026, 'verified against OpenAI's official documentation'; same page: $0.30 input, $1.20 output), "
+                   "read through the search tool on 2026-11-30; other third-party pages disagree ($1.00, $0.30), "
+                   "OpenAI's own page not reachable here — set your own")
 
 
 @dataclass
