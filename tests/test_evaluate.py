@@ -216,6 +216,38 @@ def test_score_exact_and_pass_at_1_and_table():
         score("rouge", {}, insts)
 
 
+@pytest.mark.parametrize("metric", ["bleu", "pass@1", "exact_match", "sql_execution"])
+def test_every_metric_stores_the_per_item_scores_its_readers_use(metric, tmp_path):
+    """score() (what metrics.json holds per system) carries, for every test id, the per-item
+    field the compare statistics read; for the mean metrics their mean is the headline."""
+    import sqlite3
+
+    from promptintern.compare.stats import item_scores
+
+    if metric == "pass@1":
+        wrong = Instance("wrong", "Write add.", ADD.answer, meta=dict(ADD.meta))
+        insts, preds = [ADD, wrong], {"add": ADD.answer, "wrong": "def add(a, b):\n    return a - b"}
+    elif metric == "sql_execution":
+        db = tmp_path / "t.sqlite"
+        with sqlite3.connect(db) as con:
+            con.execute("CREATE TABLE t (x INT)")
+            con.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
+        golds = ["SELECT x FROM t WHERE x > 1", "SELECT x FROM t"]
+        insts = [Instance(f"q{i}", "", g, meta={"database": str(db)}) for i, g in enumerate(golds)]
+        preds = {"q0": "SELECT x FROM t WHERE x = 2", "q1": "SELECT x FROM t WHERE x = 1"}
+    else:
+        insts = _nl2bash_instances()
+        preds = {"nl2bash-0": "ls -l", "nl2bash-1": "find . -name '*.txt'", "nl2bash-2": "wc -l file.txt"}
+    system = json.loads(json.dumps(score(metric, preds, insts, bootstrap=0, workers=1)))  # as stored
+    items = item_scores(system, metric)
+    assert sorted(items) == sorted(inst.id for inst in insts)
+    assert all(0.0 <= v <= 100.0 + 1e-9 for v in items.values())  # sacrebleu's 100 may be 100.00000000000004
+    if metric == "bleu":  # corpus BLEU is not a mean; the per-item score is sentence BLEU
+        assert items["nl2bash-0"] == pytest.approx(100.0) and items["nl2bash-3"] == 0.0 and 0 < items["nl2bash-1"] < 100
+    else:
+        assert np.mean(list(items.values())) == pytest.approx(system["metrics"][metric]) == 50.0
+
+
 def test_evaluate_file_nl2bash(nl2bash_data_dir, tmp_path):
     from promptintern.tasks import get_task
 
