@@ -31,11 +31,12 @@ lint: install
 test: lint
 	$(BIN)/pytest -q
 
+# promptintern compare on the paper's tasks (hours on a CPU; rerun to resume): bench/README.md
 bench-nl2bash: install
-	$(BIN)/python bench/run_bench.py --task nl2bash
+	$(BIN)/promptintern compare bench/compare/nl2bash.yaml --out bench/results/compare-nl2bash
 
 bench-mbpp: install
-	$(BIN)/python bench/run_bench.py --task mbpp
+	$(BIN)/promptintern compare bench/compare/mbpp.yaml --out bench/results/compare-mbpp
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
