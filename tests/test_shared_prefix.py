@@ -75,23 +75,80 @@ def test_prefix_detection_from_token_ids(lora_model):
     assert shared_prefix_length(ids[:1], batch["attention_mask"][:1], keep[:1]) == 0
 
 
-def test_gradient_checkpointing_falls_back_in_auto_and_raises_in_on(lora_model):
+def _saved_bytes(model, batch, mode):
+    """Bytes of the activations autograd keeps for the backward pass (parameters left out)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        answer_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"], shared_prefix=mode)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing(lora_model, reentrant):
+    """Non-reentrant checkpointing keeps the shared prefix (same losses and gradients as the plain path,
+    far fewer saved activations); reentrant checkpointing would detach the prefix's keys and values,
+    so auto falls back to the plain path and on raises."""
     model, tok = lora_model
     batch = _batch(tok, toy_stages(3, 4)[0].records)
-    plain, _ = answer_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    plain_loss, plain_grads = _per_record_losses_and_grads(model, batch, "off")
     model.train()
-    try:  # with gradients, as in training: the layers then refuse to cache
-        auto, _ = answer_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                shared_prefix="auto")
-        with pytest.raises(SharedPrefixUnsupported):
-            answer_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"], shared_prefix="on")
+    unchecked = _saved_bytes(model, batch, "on")
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+    try:
+        if reentrant:
+            auto_loss, auto_grads = _per_record_losses_and_grads(model, batch, "auto")
+            with pytest.raises(SharedPrefixUnsupported, match="reentrant"):
+                answer_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"], shared_prefix="on")
+        else:
+            checked = _saved_bytes(model, batch, "on")
+            assert checked < unchecked / 3, (checked, unchecked)
+            auto_loss, auto_grads = _per_record_losses_and_grads(model, batch, "on")
+        assert all(not getattr(m, "_can_checkpoint_with_cache", False) for m in model.modules())  # restored
     finally:
-        model.gradient_checkpointing_disable()
+        model.activation_checkpointing_disable()
         model.eval()
-    torch.testing.assert_close(auto.detach(), plain.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(auto_loss, plain_loss, atol=1e-5, rtol=1e-5)
+    for name, g in plain_grads.items():
+        torch.testing.assert_close(auto_grads[name], g, atol=1e-5, rtol=1e-4)
     with pytest.raises(ConfigError, match="train.shared_prefix"):
         answer_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"], shared_prefix="yes")
+
+
+def test_activation_checkpointing_replays_the_dropout_masks():
+    """With LoRA dropout on, the checkpointed shared step draws the same masks as the unchecked one:
+    the same losses and gradients from the same seed."""
+    from peft import get_peft_model
+
+    from promptintern.models import load_model
+
+    base, tok = load_model("tiny-random", device="cpu")
+    model = get_peft_model(base, LoraArgs(dropout=0.3).to_peft())
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    model.train()
+    batch = _batch(tok, toy_stages(3, 4)[0].records)
+    results = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        torch.manual_seed(1)
+        results.append(_per_record_losses_and_grads(model, batch, "on"))
+    (loss, grads), (ck_loss, ck_grads) = results
+    torch.manual_seed(2)
+    other, _ = _per_record_losses_and_grads(model, batch, "on")
+    assert not torch.allclose(other, loss)  # the dropout masks matter here
+    torch.testing.assert_close(ck_loss, loss, atol=1e-6, rtol=1e-6)
+    for name, g in grads.items():
+        torch.testing.assert_close(ck_grads[name], g, atol=1e-6, rtol=1e-5)
 
 
 def test_training_uses_it_and_reports_tokens(tmp_path):

@@ -14,14 +14,23 @@ and it stops before the first position whose next token is an answer token, so e
 logit comes from the suffix pass. One difference remains by construction: a LoRA dropout mask on
 the prefix is drawn once for the batch instead of once per row.
 
-Unsupported models or settings (no key/value cache kept, e.g. under activation checkpointing;
-cache layers other than the plain dynamic one, e.g. sliding windows) fall back to the plain path
-in ``auto`` mode and raise in ``on`` mode.
+Memory: both passes hand the model caches of their own (see :func:`_layer_classes`) that a
+decoder layer may call twice with the same result, so the passes also run under activation
+checkpointing (transformers' ``activation_checkpointing``, non-reentrant): each decoder layer then
+keeps only its input for the backward pass and recomputes the rest, with the same dropout masks.
+Without checkpointing the caches give the same numbers as transformers' own dynamic cache.
+
+Unsupported models or settings (cache layers other than the plain dynamic one, e.g. sliding windows;
+reentrant checkpointing, which detaches the prefix's keys and values from the graph) fall back to
+the plain path in ``auto`` mode and raise in ``on`` mode.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,16 +120,99 @@ def _cache_keyword(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def _expand_cache(cache: Any, rows: int) -> None:
-    """Expand a batch-1 dynamic cache to ``rows`` rows as views (no copies until the suffix appends)."""
-    layers = getattr(cache, "layers", None)
-    if not layers:
-        raise SharedPrefixUnsupported(f"{type(cache).__name__} has no per-layer key/value tensors")
-    for layer in layers:
-        if getattr(layer, "is_sliding", False) or not torch.is_tensor(getattr(layer, "keys", None)):
+def _decoder_layers(model: Any) -> list[torch.nn.Module]:
+    """The modules transformers' activation checkpointing wraps (one per decoder layer)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in _unwrap(model).modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+@contextlib.contextmanager
+def _cache_under_checkpointing(model: Any) -> Iterator[None]:
+    """Let checkpointed decoder layers keep the cache argument during both passes.
+
+    transformers drops the cache of a checkpointed layer because its backward replay would write
+    the cache a second time; the caches here return the same states on a replay without writing,
+    which is the contract of ``_can_checkpoint_with_cache``. A reentrant checkpoint runs the layer
+    without autograd, so the prefix's keys and values would reach the suffix detached: unsupported.
+    """
+    layers = [m for m in _decoder_layers(model) if getattr(m, "gradient_checkpointing", False)]
+    for m in layers:
+        func = getattr(m, "_gradient_checkpointing_func", None)
+        if getattr(func, "keywords", {}).get("use_reentrant") is not False:
+            raise SharedPrefixUnsupported("reentrant activation checkpointing detaches the shared prefix's "
+                                          "keys and values (use use_reentrant: false)")
+    saved = [m.__dict__.get("_can_checkpoint_with_cache") for m in layers]
+    for m in layers:
+        m._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for m, old in zip(layers, saved, strict=True):
+            if old is None:
+                del m._can_checkpoint_with_cache
+            else:
+                m._can_checkpoint_with_cache = old
+
+
+def _new_cache(model: Any, make_layer: Any) -> Any:
+    """A ``DynamicCache`` of the model's layer layout whose layers come from ``make_layer(i)``.
+
+    Only plain full-attention layers can be shared across rows; any other layer type (sliding
+    window, chunked, linear attention) makes the model unsupported.
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    inner = _unwrap(model)
+    config = inner.get_base_model().config if hasattr(inner, "get_base_model") else inner.config
+    cache = DynamicCache(config=config)
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is not DynamicLayer:
             raise SharedPrefixUnsupported(f"cache layer {type(layer).__name__} cannot be shared across rows")
-        layer.keys = layer.keys.expand(rows, -1, -1, -1)
-        layer.values = layer.values.expand(rows, -1, -1, -1)
+        cache.layers[i] = make_layer(i)
+    if not cache.layers:
+        raise SharedPrefixUnsupported(f"{type(config).__name__} declares no per-layer key/value cache")
+    return cache
+
+
+@functools.cache
+def _layer_classes() -> tuple[type, type]:
+    """The two cache layers, built on first use: importing transformers' cache module takes seconds."""
+    from transformers.cache_utils import DynamicLayer
+
+    class PrefixLayer(DynamicLayer):
+        """Keeps the first key/value states written (the prefix pass) and returns them unchanged.
+
+        A checkpoint's backward replay of the layer writes again: it gets its recomputed states
+        back and the cache keeps the first ones, which the suffix pass already used.
+        """
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+            if not self.is_initialized:
+                self.device = key_states.device
+                self.keys, self.values = key_states, value_states
+                self.is_initialized = True
+            return key_states, value_states
+
+    class SuffixLayer(DynamicLayer):
+        """The prefix's states expanded to the batch as views; a suffix appends without writing.
+
+        ``update`` returns prefix + suffix states, as a dynamic cache would, but leaves the cache
+        as it was: calling it again (a checkpoint's replay) returns the same result.
+        """
+
+        def __init__(self, prefix: Any, rows: int) -> None:
+            super().__init__()
+            self.device = prefix.keys.device
+            self.keys = prefix.keys.expand(rows, -1, -1, -1)
+            self.values = prefix.values.expand(rows, -1, -1, -1)
+            self.is_initialized = True
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+            return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+    return PrefixLayer, SuffixLayer
 
 
 def prefix_then_suffix(model: Any, head_rows: Any, head: torch.nn.Module, input_ids: torch.Tensor,
@@ -131,16 +223,18 @@ def prefix_then_suffix(model: Any, head_rows: Any, head: torch.nn.Module, input_
     (the answer-only hook of plain training), so neither pass computes logits it does not need.
     """
     rows, width = input_ids.shape
-    with head_rows(head, torch.zeros((1, prefix), dtype=torch.bool, device=input_ids.device)):
-        first = _unwrap(model)(input_ids=input_ids[:1, :prefix], attention_mask=attention_mask[:1, :prefix],
-                               use_cache=True)
-    cache = getattr(first, "cache", None) or getattr(first, "past_key_values", None)
-    if cache is None or cache.get_seq_length() != prefix:
-        raise SharedPrefixUnsupported("the model kept no key/value cache of the prefix (activation checkpointing "
-                                      "turns caching off while training)")
-    _expand_cache(cache, rows)
-    positions = torch.arange(prefix, width, device=input_ids.device).expand(rows, -1)
-    with head_rows(head, keep[:, prefix:]):
-        out = model(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, position_ids=positions,
-                    use_cache=True, **{_cache_keyword(model): cache})
+    keyword = _cache_keyword(model)
+    prefix_layer, suffix_layer = _layer_classes()
+    first = _new_cache(model, lambda _i: prefix_layer())
+    with _cache_under_checkpointing(model):
+        with head_rows(head, torch.zeros((1, prefix), dtype=torch.bool, device=input_ids.device)):
+            _unwrap(model)(input_ids=input_ids[:1, :prefix], attention_mask=attention_mask[:1, :prefix],
+                           use_cache=True, **{keyword: first})
+        if any(not layer.is_initialized or layer.keys.shape[-2] != prefix for layer in first.layers):
+            raise SharedPrefixUnsupported("the model kept no key/value cache of the prefix")
+        cache = _new_cache(model, lambda i: suffix_layer(first.layers[i], rows))
+        positions = torch.arange(prefix, width, device=input_ids.device).expand(rows, -1)
+        with head_rows(head, keep[:, prefix:]):
+            out = model(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, position_ids=positions,
+                        use_cache=True, **{keyword: cache})
     return out.logits
