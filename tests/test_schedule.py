@@ -138,15 +138,18 @@ def test_custom_lists():
 
 
 def test_dict_round_trip():
+    """Through configtools, the path a run config's ``schedule:`` section takes."""
+    from promptintern.configtools import from_dict, to_dict
+
     s = Schedule(stages=4, shape="exponential", k_shape="linear", lam=2.0, k=5)
-    d = s.to_dict()
+    d = to_dict(s)
     assert d["shape"] == "exponential" and d["k_shape"] == "linear"
-    assert Schedule.from_dict(d) == s
-    assert Schedule.from_dict({"stages": 2, "tau0": 1}).tau0 == 1.0
+    assert from_dict(Schedule, d, "schedule") == s
+    assert from_dict(Schedule, {"stages": 2, "tau0": 1}, "schedule").tau0 == 1.0
     with pytest.raises(ConfigError, match="unknown key 'stage'; did you mean 'stages'"):
-        Schedule.from_dict({"stage": 2})
+        from_dict(Schedule, {"stage": 2}, "schedule")
     with pytest.raises(ConfigError, match="schedule.lam must be > 0|lam"):
-        Schedule.from_dict({"lam": -1})
+        from_dict(Schedule, {"lam": -1}, "schedule")
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ in one user turn of the tokenizer's chat template; the answer is the assistant t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 IGNORE_INDEX = -100
@@ -22,9 +22,6 @@ class Template:
 
     instruction: str
     documentation: str = ""
-
-    def is_empty(self) -> bool:
-        return not (self.instruction.strip() or self.documentation.strip())
 
 
 EMPTY_TEMPLATE = Template("", "")
@@ -59,9 +56,6 @@ class Prompt:
     template: Template
     query: str
     examples: tuple[Example, ...] = field(default_factory=tuple)
-
-    def with_template(self, template: Template) -> Prompt:
-        return replace(self, template=template)
 
 
 def render_parts(prompt: Prompt, fmt: PromptFormat) -> dict[str, str]:

@@ -21,7 +21,6 @@ Baselines train on single fixed points (:func:`promptintern.methods.plan`).
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field
@@ -123,16 +122,6 @@ class Schedule:
             ks = [round_half_up(self.k * decay(self.effective_k_shape, t, self.lam)) for t in ts]
         taus, ks = _non_increasing(taus), _non_increasing(ks)
         return [StagePoint(index=i, tau=taus[i], k=ks[i]) for i in range(n)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None, where: str = "schedule") -> Schedule:
-        """Typed, validated construction from a plain (YAML) mapping."""
-        from .configtools import from_dict
-
-        return from_dict(cls, data, where)  # from_dict calls validate()
 
 
 def decay(shape: str, t: float, lam: float = 3.0) -> float:

@@ -103,8 +103,3 @@ def seccomp_program(machine: str | None = None) -> bytes | None:
     if spec is None:
         return None
     return b"".join(struct.pack("<HBBI", *insn) for insn in _assemble(*spec))
-
-
-def denied_calls() -> tuple[str, ...]:
-    """The system calls the filter refuses (for reports and the README)."""
-    return (*_DENIED, "clone3 (ENOSYS)", "clone with namespace flags")
