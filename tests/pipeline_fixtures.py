@@ -29,7 +29,8 @@ def write_config(path: Path, cfg: dict) -> Path:
 
 VOLATILE = {"latency_s", "latency_s_mean", "throughput_qps", "wall_s", "generated", "resumed", "wall_s_this_session",
             "train_wall_s", "s_per_step", "train_runtime", "train_samples_per_second", "train_steps_per_second",
-            "resumed_from", "wall_s_before_resume", "teacher_wall_s", "peak_rss_mb"}
+            "resumed_from", "wall_s_before_resume", "teacher_wall_s", "peak_rss_mb", "validation_wall_s",
+            "eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
 
 
 def stable(obj):

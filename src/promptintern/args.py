@@ -53,9 +53,11 @@ TRAINING_ARGUMENTS_OURS = {
     "bf16": "train.dtype", "fp16": "train.dtype", "save_steps": "train.save_steps",
     "save_total_limit": "train.save_total_limit", "logging_steps": "train.logging_steps",
     "report_to": "train.report_to", "dataloader_num_workers": "train.dataloader_num_workers",
+    "load_best_model_at_end": "train.select_best",
 }
 TRAINING_ARGUMENTS_RESERVED = ("output_dir", "run_name", "eval_strategy", "save_strategy", "logging_strategy",
-                               "remove_unused_columns", "label_names", "disable_tqdm", "resume_from_checkpoint")
+                               "remove_unused_columns", "label_names", "disable_tqdm", "resume_from_checkpoint",
+                               "eval_steps", "metric_for_best_model", "greater_is_better")
 LORA_CONFIG_OURS = {"r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
                     "target_modules": "lora.target_modules"}
 LORA_CONFIG_RESERVED = ("task_type", "peft_type", "base_model_name_or_path")
@@ -170,6 +172,8 @@ class TrainArgs:
     teacher_cache: bool = field(default=False, metadata={"help": "Cache a frozen teacher's top-k targets per instance in run_dir/train/teacher-cache/, so later stages skip its forward pass (not with teacher 'self': its weights change)."})
     save_steps: int = field(default=200, metadata={"help": "Checkpoint period inside a stage, in optimizer steps (resume point after a crash).", "volatile": True})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept per stage (older ones are deleted).", "volatile": True})
+    validation_size: int | None = field(default=32, metadata={"help": "Validation records each stage is scored on after it ends (a seeded sample of the task's validation split, each built with the stage's own prompt): the mean answer-token cross-entropy, 'validation_loss' in train/history.json and the report. 0 = off, null = the whole split. Skipped when the task has no validation split. Does not change the weights (may change on resume) unless select_best is on."})
+    select_best: bool = field(default=False, metadata={"help": "Last stage only: score the validation loss at every checkpoint (save_steps) and end the run with the checkpoint whose loss is lowest instead of the last one (the Trainer's load_best_model_at_end); the chosen step is 'best_step' in history.json. Needs a validation split and validation_size > 0."})
     keep_checkpoints: bool = field(default=False, metadata={"help": "Keep a stage's checkpoints after it is done (they are only needed to resume inside it).", "volatile": True})
     logging_steps: int = field(default=10, metadata={"help": "Log loss / LR / grad-norm every N optimizer steps.", "volatile": True})
     report_to: str = field(default="none", metadata={"help": "Experiment trackers, comma-separated (none, tensorboard, wandb, trackio, ...).", "volatile": True})
@@ -212,6 +216,10 @@ class TrainArgs:
             self._validate_kl()
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
+        if self.validation_size is not None and self.validation_size < 0:
+            raise ConfigError(f"train.validation_size must be >= 0 or null, got {self.validation_size}")
+        if self.select_best and not self.validates():
+            raise ConfigError("train.select_best needs validation records; set train.validation_size > 0 (or null)")
         check_extra("train.extra", self.extra, TRAINING_ARGUMENTS_OURS, TRAINING_ARGUMENTS_RESERVED)
         if self.dataloader_num_workers < 0:
             raise ConfigError(f"train.dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}")
@@ -239,6 +247,10 @@ class TrainArgs:
         else:
             teacher_kind(self.teacher)  # an adapter or a model directory
 
+    def validates(self) -> bool:
+        """Whether stages are scored on validation records (``validation_size`` not 0)."""
+        return self.validation_size is None or self.validation_size > 0
+
     def uses_teacher(self) -> bool:
         return self.loss in KL_LOSSES
 
@@ -247,6 +259,8 @@ class TrainArgs:
         and ``extra`` at their defaults (so runs made before they existed still resume)."""
         skip = () if self.uses_teacher() else KL_FIELDS
         skip += () if self.extra else ("extra",)
+        # The validation set changes the weights only through select_best (then it is part of the run).
+        skip += () if self.select_best else ("validation_size", "select_best")
         return skip + (("dtype",) if self.dtype == "auto" else ())
 
     def for_stage(self, index: int) -> TrainArgs:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,15 @@ from .methods import MethodPlan, plan
 from .prompt import EMPTY_TEMPLATE, Template, to_messages
 from .retrieve import Retriever
 from .schedule import StagePoint
-from .stages import Stage, build_prompt, build_stages, load_stages, save_stages
+from .stages import (
+    Stage,
+    StageRecord,
+    build_prompt,
+    build_stages,
+    load_stages,
+    save_stages,
+    validation_records,
+)
 from .tasks import get_task
 from .tasks.base import Instance, Task
 
@@ -77,6 +85,7 @@ class Prepared:
     retriever: Retriever | None
     templates: Templates
     stages: list[Stage]
+    validation: list[Instance] = field(default_factory=list)
 
 
 def open_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
@@ -164,6 +173,20 @@ class Checked:
     train: list[Instance]
     test: list[Instance]
     plan: MethodPlan
+    validation: list[Instance] = field(default_factory=list)
+
+
+def load_validation(cfg: RunConfig, task: Task, p: MethodPlan) -> list[Instance]:
+    """The validation instances stages are scored on: a seeded sample of ``train.validation_size``
+    (none when nothing trains, validation is off, or the task has no validation split)."""
+    if not (p.trains and cfg.train.validates() and task.has_split("validation")):
+        if p.trains and cfg.train.select_best:
+            raise ConfigError(f"train.select_best: task {task.name} has no validation split "
+                              "(declare one, e.g. data: {validation: validation.jsonl} in the task file)")
+        return []
+    items = task.load_split("validation", cfg.data_dir)
+    n = cfg.train.validation_size
+    return random.Random(cfg.data.seed).sample(items, n) if n is not None and n < len(items) else items
 
 
 def check(cfg: RunConfig) -> Checked:
@@ -181,7 +204,7 @@ def check(cfg: RunConfig) -> Checked:
         from .trainer import check_passthrough
 
         check_passthrough(cfg.train, cfg.lora)  # train.extra / lora.extra, checked by transformers and peft
-    return Checked(task, train, test, p)
+    return Checked(task, train, test, p, load_validation(cfg, task, p))
 
 
 def prepare(cfg: RunConfig, run_dir: Path | None = None, checked: Checked | None = None) -> Prepared:
@@ -190,7 +213,7 @@ def prepare(cfg: RunConfig, run_dir: Path | None = None, checked: Checked | None
     retriever = build_retriever(cfg, c.train, run_dir) if _k_max(cfg, c.plan) > 0 else None
     templates = Templates(c.task, cfg)
     stages = _stages(cfg, c.task, c.train, c.plan, retriever, templates, run_dir)
-    return Prepared(cfg, c.task, c.train, c.test, c.plan, retriever, templates, stages)
+    return Prepared(cfg, c.task, c.train, c.test, c.plan, retriever, templates, stages, c.validation)
 
 
 def _teacher_point(cfg: RunConfig) -> StagePoint | None:
@@ -295,8 +318,26 @@ def _train(prep: Prepared, run_dir: Path, resume: bool) -> Path | None:
         return final
     return train_stages(
         prep.stages, model_name=prep.cfg.model, lora=prep.cfg.lora, args=prep.cfg.train,
-        run_dir=run_dir, resume=resume,
+        run_dir=run_dir, resume=resume, validation=stage_validation_records(prep),
     )
+
+
+def stage_validation_records(prep: Prepared) -> Callable[[Stage], list[StageRecord]] | None:
+    """A stage's validation records, built with the stage's own prompt when training asks for
+    them (so a resumed run compresses only the rates of the stages it still trains)."""
+    if not prep.validation:
+        return None
+    neighbours: dict[str, list[Instance]] = {}
+    k_max = max(s.k for s in prep.stages)
+
+    def records(stage: Stage) -> list[StageRecord]:
+        if k_max > 0 and prep.retriever is not None and not neighbours:
+            from .retrieve import retrieve_all
+
+            neighbours.update(retrieve_all(prep.retriever, prep.validation, k_max, same_pool=False))
+        return validation_records(prep.task, prep.validation, stage, prep.templates.at(stage.tau), neighbours)
+
+    return records
 
 
 def _serve(name: str, model: Any, tokenizer: Any, items: list, run_dir: Path, args: Any) -> dict[str, Any]:

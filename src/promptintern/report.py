@@ -67,15 +67,39 @@ def markdown_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _stage_history(metrics: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    history = metrics.get("train", {}).get("history") or {}
+    return {h["stage"]: h for h in history.get("stages", [])}
+
+
+def stages_table(metrics: dict[str, Any]) -> str:
+    """The schedule, with each stage's validation loss (its own prompt, after the stage) when it was
+    scored, and the step the last stage ended with when ``select_best`` chose its best checkpoint."""
+    history = _stage_history(metrics)
+    scored = any("validation_loss" in h for h in history.values())
+    head = "| stage | τ | k | instances |" + (" train loss | validation loss (n) |" if scored else "")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for s in metrics["schedule"]:
+        row = f"| {s['stage']} | {s['tau']:.2f} | {s['k']} | {s['n']} |"
+        if scored:
+            h = history.get(s["stage"], {})
+            train = f"{h['train_loss']:.4f}" if "train_loss" in h else "–"
+            val = f"{h['validation_loss']:.4f} ({h['n_validation']})" if "validation_loss" in h else "–"
+            if h.get("best_step") is not None:
+                val += f", best checkpoint: step {h['best_step']} of {h['steps']}"
+            row += f" {train} | {val} |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
 def write_report(metrics: dict[str, Any], run_dir: Path) -> Path:
     """Write ``report.md`` and ``plots/*.png`` into ``run_dir``; returns the report path."""
     plots = write_plots(metrics, run_dir / "plots")
-    stages = "\n".join(f"| {s['stage']} | {s['tau']:.2f} | {s['k']} | {s['n']} |" for s in metrics["schedule"])
     parts = [
         f"# promptintern run: {metrics['task']} · {metrics['method']} · {metrics['model']}",
         f"{metrics['n_train']} training instances, {metrics['n_test']} test queries.",
         "## Results", markdown_table(metrics), _unsafe_sandbox_note(metrics),
-        "## Stages", "| stage | τ | k | instances |\n|---|---|---|---|\n" + stages,
+        "## Stages", stages_table(metrics),
         "## Plots", *[f"![{p.stem}](plots/{p.name})" for p in plots],
     ]
     path = run_dir / "report.md"
@@ -116,9 +140,13 @@ def write_plots(metrics: dict[str, Any], out: Path) -> list[Path]:
         offset = 0
         for stage in history.get("stages", []):
             steps = [offset + p["step"] for p in stage["log_history"] if "loss" in p]
-            ax.plot(steps, [p["loss"] for p in stage["log_history"] if "loss" in p], label=f"stage {stage['stage']}")
+            (line,) = ax.plot(steps, [p["loss"] for p in stage["log_history"] if "loss" in p],
+                              label=f"stage {stage['stage']}")
+            scored = [(offset + p["step"], p["eval_loss"]) for p in stage["log_history"] if "eval_loss" in p]
+            if scored:  # validation loss, on the stage's own prompt
+                ax.plot(*zip(*scored, strict=True), "o", color=line.get_color())
             offset = steps[-1] if steps else offset
-        ax.set(xlabel="optimizer step", ylabel="training loss", title="loss per stage")
+        ax.set(xlabel="optimizer step", ylabel="training loss (dots: validation loss)", title="loss per stage")
         ax.legend()
         written.append(_save(fig, out / "train_loss.png"))
     plt.close("all")

@@ -130,6 +130,15 @@ def build_stages(
     return stages
 
 
+def validation_records(
+    task: Task, instances: Sequence[Instance], stage: Stage, template: Template,
+    neighbours: Mapping[str, Sequence[Instance]],
+) -> list[StageRecord]:
+    """The validation instances as records of ``stage``: the prompt it trains on (``template``, the
+    one of its rate τ, and its k examples, retrieved from the training pool), the gold answer."""
+    return [build_record(task, inst, template, neighbours.get(inst.id, ()), stage.k) for inst in instances]
+
+
 def save_stages(stages: Sequence[Stage], directory: Path) -> dict[str, str]:
     """Write each stage as ``stage-{i}.jsonl`` (atomically); return their fingerprints."""
     prints = {}

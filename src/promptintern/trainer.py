@@ -13,7 +13,8 @@ tokens, the loss, the Hugging Face glue, the checkpoint bookkeeping), re-exporte
 Run directory (written by the main process only; files and directories atomically)::
 
     run_dir/train/config.json              what is trained: model, LoRA, TrainArgs, stage fingerprints
-    run_dir/train/history.json             per stage: loss curve (Trainer log_history), steps, wall seconds
+    run_dir/train/history.json             per stage: loss curve (Trainer log_history), steps, wall seconds,
+                                           validation loss (``validation_size``), best step (``select_best``)
     run_dir/train/stage-{i}/checkpoint-N/  Trainer checkpoints inside stage i, every ``save_steps``
                                            (deleted once the stage is done unless ``keep_checkpoints``)
     run_dir/train/stage-{i}/final/         the adapter after stage i; its DONE.json marks the stage done
@@ -59,7 +60,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ from .distill import CACHE_DIR, Teacher, TeacherCache, load_frozen_teacher, teac
 from .errors import ConfigError, DataError, ModelError, RunDirError
 from .io import atomic_dir, write_json
 from .shared_prefix import token_summary
-from .stages import Stage
+from .stages import Stage, StageRecord
 from .training.checkpoints import (  # noqa: F401  (re-exported)
     CARRY_KEY,
     DONE_FILE,
@@ -108,6 +109,7 @@ from .training.hf import (  # noqa: F401  (re-exported)
     resolve_dtype,
 )
 from .training.loss import answer_loss  # noqa: F401  (re-exported)
+from .training.validation import stage_validation
 
 logger = logging.getLogger(__name__)
 
@@ -140,13 +142,27 @@ class _Session:
     progress: Any
     callbacks: Sequence[Any]
     teacher: Teacher | None = None
+    validation: Callable[[Stage], Sequence[StageRecord]] | None = None
+
+
+def _validation_data(sess: _Session, stage: Stage, args: TrainArgs) -> list[dict[str, list[int]]]:
+    """The stage's validation records as token ids (none when validation is off or the task has none)."""
+    if sess.validation is None or not args.validates():
+        return []
+    records = sess.validation(stage)
+    data, dropped = tokenize_records(records, sess.tokenizer, args.max_length)
+    if dropped:
+        logger.warning("stage %d: %d of %d validation records longer than max_length=%d tokens left out",
+                       stage.index, len(dropped), len(records), args.max_length)
+    return data
 
 
 def _train_stage(
     sess: _Session, stage: Stage, args: TrainArgs, label: str, checkpoint: Path | None,
-    optimizer_state: dict | None, keep_optimizer: bool,
+    optimizer_state: dict | None, keep_optimizer: bool, last: bool = False,
 ) -> dict | None:
-    """Run one stage's Trainer and write its final/ adapter; returns the optimizer state to carry."""
+    """Run one stage's Trainer, score it on validation records and write its final/ adapter;
+    returns the optimizer state to carry."""
     from transformers import PrinterCallback
 
     sdir = _stage_dir(sess.train_dir, stage.index)
@@ -156,14 +172,20 @@ def _train_stage(
                        stage.index, len(dropped), len(stage.records), args.max_length, dropped[0])
     if not data:
         raise DataError(f"stage {stage.index}: no record fits max_length={args.max_length} tokens")
+    val_data = _validation_data(sess, stage, args)
+    select_best = last and args.select_best
+    if select_best and not val_data:
+        raise DataError(f"train.select_best: stage {stage.index} has no validation record within max_length")
     tok = sess.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     carry = checkpoint_carry(checkpoint)
     before_s = float(carry.get("train_wall_s", 0.0))
     trainer = _make_trainer_class()(
         model=sess.model,
-        args=_training_arguments(args, sdir, sess.seed + stage.index, sess.use_cpu, sess.bf16, sess.world),
+        args=_training_arguments(args, sdir, sess.seed + stage.index, sess.use_cpu, sess.bf16, sess.world,
+                                 select_best=select_best),
         train_dataset=data,
+        eval_dataset=val_data if select_best else None,
         data_collator=PadCollator(pad_id),
         callbacks=[_progress_callback_class()(sess.progress, label),
                    *sess.callbacks],
@@ -184,12 +206,13 @@ def _train_stage(
         teacher_stats = {k: v - teacher_before[k] for k, v in sess.teacher.stats().items()}
     steps_run = result.global_step - (_checkpoint_step(checkpoint) if checkpoint else 0)
     carried = trainer.optimizer.state_dict()["state"] if keep_optimizer else None
+    validation = stage_validation(trainer, val_data, select_best)  # after the stage (the best checkpoint's weights)
     summary = {
         "stage": stage.index, "tau": stage.tau, "k": stage.k, "n_records": len(stage.records),
         "n_dropped": len(dropped), "steps": result.global_step, "train_loss": result.training_loss,
         "train_wall_s": before_s + wall, "wall_s_before_resume": before_s, "s_per_step": wall / max(1, steps_run),
         **token_summary(trainer.batch_tokens),
-        **teacher_stats,
+        **teacher_stats, **validation,
         "resumed_from": checkpoint.name if checkpoint else None, "log_history": trainer.state.log_history,
     }
     if sess.is_main:
@@ -230,12 +253,15 @@ def train_stages(
     resume: bool = False,
     force: bool = False,
     callbacks: Sequence[Any] = (),
+    validation: Callable[[Stage], Sequence[StageRecord]] | None = None,
 ) -> Path:
     """Train one LoRA adapter on ``stages`` in order; returns ``run_dir/adapter``.
 
     Each stage continues from the adapter weights the previous stage ended with. ``resume``
     continues an interrupted run (see the module docstring); ``force`` deletes an existing
     one. ``callbacks`` are extra ``TrainerCallback`` objects added to every stage's Trainer.
+    ``validation(stage)`` gives a stage's validation records, built with its own prompt (called
+    only for the stages trained in this call); see :mod:`promptintern.training.validation`.
     """
     from accelerate import PartialState
     from peft import get_peft_model
@@ -294,11 +320,12 @@ def train_stages(
 
     with _make_progress(is_main) as progress:
         sess = _Session(model, tokenizer, train_dir, args.seed, use_cpu, dtype == torch.bfloat16, world, is_main,
-                        progress, callbacks, teacher)
+                        progress, callbacks, teacher, validation)
         for pos in range(first_open, len(stages)):
             keep_next = pos + 1 < len(stages) and stage_args[pos + 1].optimizer_state == "keep"
             carried = _train_stage(sess, stages[pos], stage_args[pos], f"stage {pos + 1}/{len(stages)}",
-                                   resume_from if pos == first_open else None, carried, keep_next)
+                                   resume_from if pos == first_open else None, carried, keep_next,
+                                   last=pos == len(stages) - 1)
             if is_main:
                 _write_history(train_dir, stages)
 

@@ -39,6 +39,10 @@ class Task(ABC):
     def load_split(self, split: str, data_dir: str | os.PathLike[str] | None = None) -> list[Instance]:
         """The instances of ``split`` (one of :data:`SPLITS`)."""
 
+    def has_split(self, split: str) -> bool:
+        """Whether the task has data for ``split`` (a built-in task has all of :data:`SPLITS`)."""
+        return split in SPLITS
+
     def prompt(self, query: str, examples: tuple = (), template: Template | None = None) -> Prompt:
         """A prompt for ``query`` with this task's (or the given) template."""
         return Prompt(template=self.template if template is None else template, query=query, examples=examples)

@@ -199,6 +199,7 @@ class CustomTask(Task):
         )
         self.force_keep = tuple(spec.force_keep)
         self.database = self._database()
+        self._check_data_files()
         self._check_metric()
 
     @classmethod
@@ -289,6 +290,16 @@ class CustomTask(Task):
         if not path.is_file():
             raise ConfigError(f"{self.source}: database {self.spec.database!r} not found (looked for {path})")
         return path
+
+    def has_split(self, split: str) -> bool:
+        return split in self.spec.data
+
+    def _check_data_files(self) -> None:
+        """A declared split whose file is missing fails when the spec loads, not when (or if) it is read."""
+        for split, file in self.spec.data.items():
+            path = self._path(file)
+            if not path.is_file():
+                raise ConfigError(f"{self.source}: {split} file {file!r} not found (looked for {path})")
 
     def _check_metric(self) -> None:
         """Import a ``module:function`` metric now, so a typo fails at load and not after training."""

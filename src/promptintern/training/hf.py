@@ -18,6 +18,7 @@ from ..progress import progress_bar
 from ..shared_prefix import BatchTokens
 from .checkpoints import CARRY_KEY
 from .loss import answer_loss
+from .validation import rng_kept
 
 
 def _make_trainer_class() -> type:
@@ -50,10 +51,14 @@ def _make_trainer_class() -> type:
                 teacher.shared_prefix = shared_prefix
             self.loss_parts: list[Any] = []  # summed (ce, kl, tokens) since the last log, this process
             self.carried_optimizer_state = optimizer_state
+            self.validating = False  # inside evaluate(): the loss is the validation loss
             # Have the Trainer count the answer tokens of each accumulated batch for compute_loss.
             self.model_accepts_loss_kwargs = True
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            if self.validating:  # answer-only CE whatever the training loss; this batch's mean, no token accounting
+                loss = answer_loss(model, inputs, None, self.shared_prefix)
+                return (loss, {"loss": loss}) if return_outputs else loss
             if self.loss_name == "ce":
                 loss = answer_loss(model, inputs, num_items_in_batch, self.shared_prefix, self.batch_tokens)
             else:
@@ -66,6 +71,15 @@ def _make_trainer_class() -> type:
                 # num_items_in_batch is then the global count, while DDP averages gradients over processes.
                 loss = loss * self.accelerator.num_processes
             return (loss, None) if return_outputs else loss
+
+        def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+            """The validation loss (see :mod:`.validation`); the RNG streams training draws from are left as they were."""
+            self.validating = True
+            try:
+                with rng_kept():
+                    return super().evaluate(*args, **kwargs)
+            finally:
+                self.validating = False
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             if self.loss_parts and "loss" in logs:  # per-token means of this process's terms
@@ -153,7 +167,8 @@ def _make_progress(enabled: bool) -> Any:
 
 
 def _training_arguments(args: TrainArgs, stage_dir: Path, seed: int, use_cpu: bool, bf16: bool,
-                        world_size: int) -> Any:
+                        world_size: int, select_best: bool = False) -> Any:
+    """The stage's TrainingArguments; ``select_best``: evaluate at every checkpoint, end with the best."""
     from transformers import TrainingArguments
 
     ours = dict(
@@ -174,7 +189,8 @@ def _training_arguments(args: TrainArgs, stage_dir: Path, seed: int, use_cpu: bo
         full_determinism=args.full_determinism,
         use_cpu=use_cpu,
         bf16=bf16,
-        eval_strategy="no",
+        eval_strategy="steps" if select_best else "no",
+        per_device_eval_batch_size=args.per_device_batch_size,
         save_strategy="steps",
         save_steps=args.save_steps,
         save_total_limit=args.save_total_limit,
@@ -188,6 +204,9 @@ def _training_arguments(args: TrainArgs, stage_dir: Path, seed: int, use_cpu: bo
         label_names=["labels"],
         ddp_find_unused_parameters=False if world_size > 1 else None,
     )
+    if select_best:
+        ours.update(eval_steps=args.save_steps, load_best_model_at_end=True, metric_for_best_model="eval_loss",
+                    greater_is_better=False)
     # ``train.extra`` last: what the user passes through wins over our defaults (its keys never
     # name a field set above from TrainArgs: TrainArgs.validate refuses those).
     try:

@@ -1,0 +1,53 @@
+"""Per-stage validation loss, and the choice of the last stage's best checkpoint.
+
+Each stage is scored, once it ends, on validation records built with that stage's own prompt
+(the same template rate τ and number of examples k it trained on; the query alone in
+PromptIntern's last stage). The score is the Trainer's own ``evaluate()`` over those records
+with the answer-only cross-entropy of training (LM head at the answer positions, shared-prefix
+pass as configured), whatever the training loss: ``eval_loss`` is the mean over validation
+batches of each batch's per-answer-token loss. With ``select_best`` the last stage is also
+scored at every checkpoint and ends with the best one (``load_best_model_at_end``).
+
+Scoring must not change what training does: it runs in eval mode (no dropout) and with every
+random stream training draws from (Python, NumPy, torch CPU and CUDA) saved before and
+restored after it, so a run with validation gives the same adapter as one without.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@contextlib.contextmanager
+def rng_kept() -> Iterator[None]:
+    """Restore the Python, NumPy and torch (CPU, initialised CUDA devices) RNG states on exit."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def stage_validation(trainer: Any, data: list[dict[str, list[int]]], select_best: bool) -> dict[str, Any]:
+    """The validation entries of a stage's history: ``validation_loss`` and ``n_validation``, and
+    with ``select_best`` the checkpoint step the stage ended with (``best_step``). ``{}`` without data."""
+    if not data:
+        return {}
+    t0 = time.perf_counter()
+    metrics = trainer.evaluate(eval_dataset=data)
+    out: dict[str, Any] = {"validation_loss": float(metrics["eval_loss"]), "n_validation": len(data),
+                           "validation_wall_s": time.perf_counter() - t0}
+    if select_best:
+        out["best_step"] = trainer.state.best_global_step
+        out["best_validation_loss"] = trainer.state.best_metric
+    return out
