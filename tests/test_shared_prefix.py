@@ -154,17 +154,18 @@ def test_activation_checkpointing_replays_the_dropout_masks():
 def test_training_uses_it_and_reports_tokens(tmp_path):
     """Stage 0 (long shared template) runs every batch with the prefix shared; the query-only stage
     does not; history.json reports padding share, computed tokens and peak memory per stage. With
-    the switch off, the same run computes more token positions and gives the same losses."""
+    the switch off, the same run computes more token positions and gives the same losses; so does
+    the shared prefix under transformers' activation checkpointing (train.extra)."""
     import json
 
     from promptintern.trainer import train_stages
     from train_fixtures import toy_args
 
     losses = {}
-    for mode in ("on", "off"):
-        run_dir = tmp_path / mode
+    for mode, extra in (("on", {}), ("off", {}), ("on", {"activation_checkpointing": True})):
+        run_dir = tmp_path / f"{mode}{len(extra)}"
         train_stages(toy_stages(2, 8), model_name="tiny-random", lora=LoraArgs(dropout=0.0),
-                     args=toy_args(max_steps_per_stage=2, shared_prefix=mode), run_dir=run_dir)
+                     args=toy_args(max_steps_per_stage=2, shared_prefix=mode, extra=extra), run_dir=run_dir)
         stages = json.loads((run_dir / "train" / "history.json").read_text())["stages"]
         first, last = stages[0]["tokens"], stages[1]["tokens"]
         assert first["batches"] == 2 and 0 <= first["padding_share"] < 1 and stages[0]["peak_rss_mb"] > 0
@@ -173,5 +174,6 @@ def test_training_uses_it_and_reports_tokens(tmp_path):
             assert first["shared_prefix_batches"] == 2 and first["computed"] < first["padded"]
         else:
             assert first["shared_prefix_batches"] == 0 and first["computed"] == first["padded"]
-        losses[mode] = [s["train_loss"] for s in stages]
-    assert losses["on"] == pytest.approx(losses["off"], rel=1e-4)
+        losses[mode, len(extra)] = [s["train_loss"] for s in stages]
+    assert losses["on", 0] == pytest.approx(losses["off", 0], rel=1e-4)
+    assert losses["on", 1] == pytest.approx(losses["on", 0], rel=1e-5)

@@ -128,8 +128,9 @@ def _decoder_layers(model: Any) -> list[torch.nn.Module]:
 
 
 @contextlib.contextmanager
-def _cache_under_checkpointing(model: Any) -> Iterator[None]:
-    """Let checkpointed decoder layers keep the cache argument during both passes.
+def _cache_under_checkpointing(model: Any) -> Iterator[bool]:
+    """Let checkpointed decoder layers keep the cache argument during both passes; yields whether
+    any layer is checkpointed (its ``use_cache`` is then off: the layers write our caches anyway).
 
     transformers drops the cache of a checkpointed layer because its backward replay would write
     the cache a second time; the caches here return the same states on a replay without writing,
@@ -146,7 +147,7 @@ def _cache_under_checkpointing(model: Any) -> Iterator[None]:
     for m in layers:
         m._can_checkpoint_with_cache = True
     try:
-        yield
+        yield bool(layers)
     finally:
         for m, old in zip(layers, saved, strict=True):
             if old is None:
@@ -226,15 +227,16 @@ def prefix_then_suffix(model: Any, head_rows: Any, head: torch.nn.Module, input_
     keyword = _cache_keyword(model)
     prefix_layer, suffix_layer = _layer_classes()
     first = _new_cache(model, lambda _i: prefix_layer())
-    with _cache_under_checkpointing(model):
+    with _cache_under_checkpointing(model) as checkpointed:
+        use_cache = not checkpointed  # what checkpointed layers would be told (with a warning) anyway
         with head_rows(head, torch.zeros((1, prefix), dtype=torch.bool, device=input_ids.device)):
             _unwrap(model)(input_ids=input_ids[:1, :prefix], attention_mask=attention_mask[:1, :prefix],
-                           use_cache=True, **{keyword: first})
+                           use_cache=use_cache, **{keyword: first})
         if any(not layer.is_initialized or layer.keys.shape[-2] != prefix for layer in first.layers):
             raise SharedPrefixUnsupported("the model kept no key/value cache of the prefix")
         cache = _new_cache(model, lambda i: suffix_layer(first.layers[i], rows))
         positions = torch.arange(prefix, width, device=input_ids.device).expand(rows, -1)
         with head_rows(head, keep[:, prefix:]):
             out = model(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, position_ids=positions,
-                        use_cache=True, **{keyword: cache})
+                        use_cache=use_cache, **{keyword: cache})
     return out.logits
