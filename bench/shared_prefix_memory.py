@@ -1,7 +1,7 @@
 """Where a training step's memory goes: one stage-0 batch of a config, forward + backward, in one process.
 
     OMP_NUM_THREADS=1 python bench/shared_prefix_memory.py configs/demo.yaml [--mode auto|off] [--steps 2]
-        [--set lora.dropout=0] [--attn eager|sdpa] [--checkpointing] [--profile]
+        [--set lora.dropout=0] [--attn eager|sdpa] [--checkpointing] [--profile] [--layers 2]
 
 Builds the config's stage-0 batches as training does (library functions, via shared_prefix_speed),
 takes the widest one (it sets the peak), loads the LoRA model and runs ``--steps`` forward + backward
@@ -33,7 +33,23 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from shared_prefix_speed import _batches, _model, _run_block  # noqa: E402
+from shared_prefix_speed import _batches, _run_block  # noqa: E402
+
+
+def _model(cfg, layers: int | None):
+    """The LoRA model as the benchmarks build it; ``layers`` keeps only the first decoder layers
+    (every layer has the same shapes, so per-layer activation bytes scale to the whole model)."""
+    from peft import get_peft_model
+
+    from promptintern.models import load_model
+
+    base, _ = load_model(cfg.model, device="cpu")
+    if layers is not None:
+        base.model.layers = base.model.layers[:layers]
+        base.config.num_hidden_layers = layers
+    model = get_peft_model(base, cfg.lora.to_peft())
+    model.train()
+    return model
 
 
 def _status_mb(field: str) -> float:
@@ -121,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpointing", action="store_true", help="transformers' activation checkpointing (non-reentrant)")
     p.add_argument("--profile", action="store_true", help="torch profiler memory events (slower)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--layers", type=int, default=None, help="keep only the first N decoder layers (a small process)")
     a = p.parse_args(argv)
 
     import torch
@@ -134,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     batch = max(batches, key=lambda b: b["input_ids"].numel())
     del batches
     _trim()
-    head = {"config": a.config, "set": a.set, "mode": a.mode, "attn": a.attn, "checkpointing": a.checkpointing,
+    head = {"config": a.config, "set": a.set, "layers": a.layers, "mode": a.mode, "attn": a.attn, "checkpointing": a.checkpointing,
             "threads": a.threads, "batch": list(batch["input_ids"].shape),
             "rss_after_batches_mb": _status_mb("VmRSS"), "hwm_after_batches_mb": _status_mb("VmHWM")}
-    model = _model(cfg)
+    model = _model(cfg, a.layers)
     if a.attn:
         model.get_base_model().set_attn_implementation(a.attn)
     if a.checkpointing:
