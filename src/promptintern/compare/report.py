@@ -31,9 +31,11 @@ def verdict_text(results: dict[str, Any]) -> str:
     tol, ref, best = v["tolerance"], v["reference"], v["cheapest_as_accurate"]
     lines = []
     if best == ref:
-        lines.append(f"**Keep the prompt.** No method that drops it is both as accurate as full-prompt FT (within "
-                     f"{tol:g} points of {stat}, 95% interval) and cheaper than serving full-prompt FT from the "
-                     f"prefix cache (`{ref}`), under the `{v['profile']}` prices.")
+        hedge = " (for now)" if v.get("undecided") else ""
+        lines.append(f"**Keep the prompt{hedge}.** No method that drops it is shown to be both as accurate as "
+                     f"full-prompt FT (the lower end of its 95% interval within {tol:g} points of {stat}) and "
+                     f"cheaper than serving full-prompt FT from the prefix cache (`{ref}`), under the "
+                     f"`{v['profile']}` prices.")
     else:
         d = v["diff"]
         be = v["break_even"]
