@@ -192,3 +192,27 @@ def test_verdict_picks_the_cheapest_method_within_tolerance():
     v = verdict(results, CompareArgs(tolerance=1.0))
     assert v["cheapest_as_accurate"] == "full-prompt+cache" and set(v["worse"]) == {"compressed", "promptintern",
                                                                                      "query-only"}
+
+
+def test_speed_repeats_take_turns_across_models(tiny_model, monkeypatch):
+    """Methods on different models are timed in turn (A, B, A, B, …), never one after the other,
+    so that load changes on a shared machine fall on every method alike."""
+    import copy
+
+    from promptintern.compare import speed
+
+    model, tok = tiny_model
+    other = copy.deepcopy(model)
+    prompts = [[{"role": "user", "content": "list files"}]]
+    systems = [speed.make_system("a", model, tok, prompts, False), speed.make_system("b", other, tok, prompts, True)]
+    calls, real = [], speed.timed_generate
+
+    def spy(m, *args, **kwargs):
+        calls.append("a" if m is model else "b")
+        return real(m, *args, **kwargs)
+
+    monkeypatch.setattr(speed, "timed_generate", spy)
+    out = speed.measure_interleaved(tok, systems, [2, 3], repeats=3, batch_sizes=[2])
+    assert calls[2:8] == ["a", "b"] * 3  # after one warm-up each: the batch-1 repeats in turn
+    assert set(out) == {"a", "b"} and out["b"]["2"]["cached_prefix_tokens"] > 0
+    assert all(n == 3 for s in out.values() for n in s["3"]["new_tokens"])

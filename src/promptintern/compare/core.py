@@ -59,51 +59,82 @@ def compare(config_path: str, *, methods: Sequence[str] | None = None, seeds: in
 # ---------------------------------------------------------------- speed on the trained models
 
 
+SPEED_PROTOCOL = "interleaved"  # the systems' repeats taken in turn (see speed_pass)
+
+
 def _speed_settings(plan: Plan, method: str) -> dict[str, Any]:
     seed = plan.args.speed.seed
-    return {**asdict(plan.args.speed), "fingerprint": plan.config(method, seed).fingerprint()}
+    return {**asdict(plan.args.speed), "protocol": SPEED_PROTOCOL,
+            "fingerprint": plan.config(method, seed).fingerprint()}
 
 
 def speed_pass(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
-    """Forced-length speed of every method's merged model (seed ``speed.seed``), saved per method."""
-    from ..inference import load_for_serving
-    from ..pipeline import prepare, serving_messages
+    """Forced-length speed of every method's merged model (seed ``speed.seed``), saved per method.
+
+    The methods not measured yet are timed together, their repeats interleaved (each method's
+    merged model loaded once and kept), so load changes on a shared machine fall on all alike;
+    the as-served pass then runs each method's queries in turn.
+    """
     from .hardware import hardware
-    from .speed import as_served, make_system, measure
+    from .speed import as_served, measure_interleaved
 
     args, path = plan.args.speed, plan.out / "speed.json"
     args.validate()
     saved = read_json(path) if path.is_file() else {"methods": {}}
+    pending = []
     for method in plan.args.methods:
-        settings = _speed_settings(plan, method)
-        if saved["methods"].get(method, {}).get("settings") == settings:
+        if saved["methods"].get(method, {}).get("settings") == _speed_settings(plan, method):
             log(f"speed {method}: measured earlier, kept")
-            continue
-        if not finished(plan, method, args.seed):
+        elif not finished(plan, method, args.seed):
             log(f"speed {method}: seed {args.seed} not trained yet, skipped")
-            continue
-        t0 = time.perf_counter()
-        spec = METHODS[method]
+        else:
+            pending.append(method)
+    if not pending:
+        return saved
+    t0 = time.perf_counter()
+    served = _speed_systems(plan, pending)
+    log(f"speed: {', '.join(pending)} timed together, repeats interleaved")
+    tok = next(iter(served.values()))["tok"]
+    forced = measure_interleaved(tok, [v["system"] for v in served.values()], args.lengths, args.repeats,
+                                 args.batch_sizes)
+    for method, v in served.items():
+        entry = {"settings": _speed_settings(plan, method), "hardware": hardware(v["system"].model),
+                 "merged": v["merged"], "forced": forced[method]}
+        if args.as_served_queries:
+            entry["as_served"] = as_served(v["system"].model, tok, v["prompts"][: args.as_served_queries],
+                                           v["max_new_tokens"], v["system"].cache is not None)
+        entry["wall_s"] = time.perf_counter() - t0  # the whole interleaved pass up to this method's end
+        saved["methods"][method] = entry
+        write_json(path, saved)
+        lat = ", ".join(f"L={L}: {r['latency_s']['median']:.3f} s" for L, r in entry["forced"].items())
+        log(f"speed {method}: {lat} (batch 1 medians)")
+    return saved
+
+
+def _speed_systems(plan: Plan, methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per method: its timed :class:`System` (on its source's merged model, loaded once per
+    adapter), its serving prompts, whether weights were merged, and its answer-length limit."""
+    from ..answer_length import resolve_infer_args
+    from ..inference import load_for_serving
+    from ..pipeline import prepare, serving_messages
+    from .speed import make_system
+
+    args, loaded, out = plan.args.speed, {}, {}
+    for method in methods:
+        source = METHODS[method].prefix_cache_of or method
         cfg, run_dir = plan.config(method, args.seed), plan.run_dir(method, args.seed)
         prep = prepare(cfg, run_dir)
         adapter = run_dir / "adapter" if prep.plan.trains else None
-        model, tok = load_for_serving(cfg.model, adapter, merge=True)
-        cached = spec.prefix_cache_of is not None
+        if source not in loaded:
+            loaded[source] = load_for_serving(cfg.model, adapter, merge=True)
+        model, tok = loaded[source]
         n = max(args.queries, args.as_served_queries)
-        items = serving_messages(prep, prep.test[:n], prep.plan.serve_tau, prep.plan.serve_k)
-        prompts = [m for _, m in items]
-        system = make_system(method, model, tok, prompts[: args.queries], cached)
-        entry = {"settings": settings, "hardware": hardware(model), "merged": adapter is not None,
-                 "forced": measure(model, tok, system, args.lengths, args.repeats, args.batch_sizes)}
-        if args.as_served_queries:
-            entry["as_served"] = as_served(model, tok, prompts[: args.as_served_queries],
-                                           cfg.infer.max_new_tokens, cached)
-        entry["wall_s"] = time.perf_counter() - t0
-        saved["methods"][method] = entry
-        write_json(path, saved)
-        lat = ", ".join(f"L={L}: {v['latency_s']['median']:.3f} s" for L, v in entry["forced"].items())
-        log(f"speed {method}: {lat} (batch 1 medians) in {entry['wall_s']:.0f} s")
-    return saved
+        prompts = [m for _, m in serving_messages(prep, prep.test[:n], prep.plan.serve_tau, prep.plan.serve_k)]
+        cached = METHODS[method].prefix_cache_of is not None
+        out[method] = {"system": make_system(method, model, tok, prompts[: args.queries], cached), "tok": tok,
+                       "prompts": prompts, "merged": adapter is not None,
+                       "max_new_tokens": resolve_infer_args(cfg.infer, cfg.model, prep.task, prep.train).max_new_tokens}
+    return out
 
 
 # ---------------------------------------------------------------- collecting everything stored

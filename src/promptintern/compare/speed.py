@@ -213,6 +213,7 @@ class System:
     seqs: list[list[int]]
     prefix_len: int = 0
     cache: Any = None
+    model: Any = None  # the model that serves it (several systems may share one)
 
 
 def make_system(name: str, model: Any, tokenizer: Any, prompts: Sequence[Any], prefix_cache: bool) -> System:
@@ -222,36 +223,35 @@ def make_system(name: str, model: Any, tokenizer: Any, prompts: Sequence[Any], p
 
     seqs = encode_prompts(tokenizer, list(prompts))
     if not prefix_cache:
-        return System(name, seqs)
+        return System(name, seqs, model=model)
     n = cacheable_prefix_length(seqs)
-    return System(name, seqs, n, build_prefix_cache(model, seqs[0][:n]) if n else None)
+    return System(name, seqs, n, build_prefix_cache(model, seqs[0][:n]) if n else None, model)
 
 
-def measure(model: Any, tokenizer: Any, system: System, lengths: Sequence[int], repeats: int,
-            batch_sizes: Sequence[int]) -> dict[str, Any]:
-    """Per forced length: batch-1 latency, TTFT and s/token (median, IQR) and throughput of ``system``."""
-    return measure_interleaved(model, tokenizer, [system], lengths, repeats, batch_sizes)[system.name]
-
-
-def measure_interleaved(model: Any, tokenizer: Any, systems: Sequence[System], lengths: Sequence[int], repeats: int,
+def measure_interleaved(tokenizer: Any, systems: Sequence[System], lengths: Sequence[int], repeats: int,
                         batch_sizes: Sequence[int]) -> dict[str, dict[str, Any]]:
-    """:func:`measure` for several systems on one model, their repeats taken in turn (A, B, C, A, B, C, …)
-    so that a change in the machine's load during the measurement falls on every system alike.
+    """Per system and forced length: batch-1 latency, TTFT and s/token (median, IQR) and throughput.
 
-    Each repeat generates max(``lengths``) tokens; a shorter length is read off the same
-    generation's clock at its last token (the first L tokens are the same computation).
+    The systems' repeats are taken in turn (A, B, C, A, B, C, …), each on its own model, so that a
+    change in the machine's load during the measurement falls on every system alike: on a shared
+    machine, systems timed one after another differ by the load of their minutes, not only by
+    their prompts. Each repeat generates max(``lengths``) tokens; a shorter length is read off the
+    same generation's clock at its last token (the first L tokens are the same computation).
     """
     longest = max(lengths)
     for system in systems:  # warm-up, untimed
-        timed_generate(model, tokenizer, [system.seqs[0]], 2, system.cache)
+        timed_generate(system.model, tokenizer, [system.seqs[0]], 2, system.cache)
     runs: dict[str, list[Timed]] = {s.name: [] for s in systems}
     for r in range(repeats):
         for system in systems:
-            runs[system.name].append(timed_generate(model, tokenizer, [system.seqs[r % len(system.seqs)]], longest,
-                                                    system.cache))
-    batched = {s.name: {b: _throughput_runs(model, tokenizer, s, longest, b, repeats) for b in batch_sizes}
-               for s in systems}
-    return {s.name: _rows(model, s, runs[s.name], batched[s.name], lengths) for s in systems}
+            runs[system.name].append(timed_generate(system.model, tokenizer, [system.seqs[r % len(system.seqs)]],
+                                                    longest, system.cache))
+    batched: dict[str, dict[int, list[list[Timed]]]] = {s.name: {} for s in systems}
+    for b in batch_sizes:
+        for _ in range(max(1, min(repeats, 3))):
+            for s in systems:
+                batched[s.name].setdefault(b, []).append(_throughput_run(tokenizer, s, longest, b))
+    return {s.name: _rows(s.model, s, runs[s.name], batched[s.name], lengths) for s in systems}
 
 
 def _rows(model: Any, system: System, runs: list[Timed], batched: dict[int, list[list[Timed]]],
@@ -282,17 +282,12 @@ def _rows(model: Any, system: System, runs: list[Timed], batched: dict[int, list
     return out
 
 
-def _throughput_runs(model: Any, tokenizer: Any, system: System, length: int, batch: int, repeats: int
-                     ) -> list[list[Timed]]:
-    """Timed runs of ``batch`` queries (the prefix-cached system: ``batch`` queries one after another)."""
+def _throughput_run(tokenizer: Any, system: System, length: int, batch: int) -> list[Timed]:
+    """One timed run of ``batch`` queries (the prefix-cached system: ``batch`` queries one after another)."""
     seqs = [system.seqs[i % len(system.seqs)] for i in range(batch)]
-    runs = []
-    for _ in range(max(1, min(repeats, 3))):
-        if system.cache is not None:
-            runs.append([timed_generate(model, tokenizer, [s], length, system.cache) for s in seqs])
-        else:
-            runs.append([timed_generate(model, tokenizer, seqs, length)])
-    return runs
+    if system.cache is not None:
+        return [timed_generate(system.model, tokenizer, [s], length, system.cache) for s in seqs]
+    return [timed_generate(system.model, tokenizer, seqs, length)]
 
 
 def _throughput_at(runs: list[list[Timed]], batch: int, length: int, system: System) -> dict[str, Any]:
@@ -366,7 +361,7 @@ def scaling_point(model: Any, tokenizer: Any, task: Any, queries: Sequence[str],
                "query": make_system("query", model, tokenizer, alone, False)}
     point: dict[str, Any] = {"target_tokens": target, "template_tokens": template_tokens(tokenizer, template),
                              "systems": {}, "load_average_before": _load()}
-    point["systems"] = measure_interleaved(model, tokenizer, list(systems.values()), args.lengths, args.repeats,
+    point["systems"] = measure_interleaved(tokenizer, list(systems.values()), args.lengths, args.repeats,
                                            args.batch_sizes)
     point["speedup"] = speedups(point["systems"], args.lengths)
     point["load_average_after"] = _load()
