@@ -76,6 +76,10 @@ def test_report_structure(compared):
     assert r["speed"]["methods"]["full-prompt+cache"]["forced"]["2"]["cached_prefix_tokens"] > 0
     assert r["speed"]["methods"]["full-prompt"]["forced"]["2"]["cached_prefix_tokens"] == 0
     assert set(r["speedups"]["query-only"]) == {"vs_full-prompt", "vs_full-prompt+cache"}
+    # the methods were timed together, so each speed-up has its paired ratios (one per repeat)
+    paired = r["speedup_ranges"]["query-only"]["vs_full-prompt"]["2"]
+    runs = [r["speed"]["methods"][m]["forced"]["2"]["latency_s_runs"] for m in ("full-prompt", "query-only")]
+    assert paired["n"] == 1 and paired["min"] == paired["max"] == runs[0][0] / runs[1][0]
     # scaling: the template was grown/cut to each target length
     pts = r["scaling"]["points"]
     assert [p["target_tokens"] for p in pts] == [30, 60] and all(abs(p["template_tokens"] - p["target_tokens"]) <= 2

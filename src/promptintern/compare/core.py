@@ -189,7 +189,8 @@ def collect(plan: Plan) -> dict[str, Any]:
         "task": task_name, "model": plan.base.model, "metric": metric,
         "statistic": statistic_name(metric) if metric else None, "plan": plan.describe(),
         "complete": not pending, "pending": pending, "methods": methods, "accuracy": acc,
-        "speed": speed, "speedups": _speedups(speed, plan.args.speed.lengths), "scaling": scaling,
+        "speed": speed, "speedups": _speedups(speed, plan.args.speed.lengths),
+        "speedup_ranges": _paired_speedups(speed, plan.args.speed.lengths), "scaling": scaling,
         "cost": cost, "tolerance": plan.args.tolerance, "resamples": plan.args.resamples,
     }
     results["verdict"] = verdict(results, plan.args)
@@ -248,6 +249,30 @@ def _speedups(speed: dict[str, Any], lengths: Sequence[int]) -> dict[str, Any]:
                 if L in entry.get("forced", {}) and L in ms[ref].get("forced", {}):
                     ratio = ms[ref]["forced"][L]["latency_s"]["median"] / entry["forced"][L]["latency_s"]["median"]
                     out.setdefault(m, {}).setdefault(f"vs_{ref}", {})[L] = ratio
+    return out
+
+
+def _paired_speedups(speed: dict[str, Any], lengths: Sequence[int]) -> dict[str, Any]:
+    """The speed-ups' spread: with interleaved timing, repeat r of two methods ran back to back, so
+    the ratio of their r-th latencies is one paired measurement; per method, reference and length:
+    the median, minimum and maximum of those ratios (methods timed apart get none)."""
+    ms = speed.get("methods", {})
+    out: dict[str, Any] = {}
+    for ref in ("full-prompt", "full-prompt+cache"):
+        base = ms.get(ref, {})
+        for m, entry in ms.items():
+            if not (entry.get("settings", {}).get("protocol") == base.get("settings", {}).get("protocol")
+                    == SPEED_PROTOCOL):
+                continue
+            for L in map(str, lengths):
+                a = base.get("forced", {}).get(L, {}).get("latency_s_runs")
+                b = entry.get("forced", {}).get(L, {}).get("latency_s_runs")
+                if a and b and len(a) == len(b):
+                    ratios = sorted(x / y for x, y in zip(a, b, strict=True))
+                    out.setdefault(m, {}).setdefault(f"vs_{ref}", {})[L] = {
+                        "median": ratios[len(ratios) // 2] if len(ratios) % 2 else
+                        (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2,
+                        "min": ratios[0], "max": ratios[-1], "n": len(ratios)}
     return out
 
 

@@ -130,12 +130,21 @@ def _speed_section(results: dict[str, Any]) -> list[str]:
               "| method | " + " | ".join(f"vs {ref} at L={L}" for ref in ("full-prompt", "full-prompt+cache")
                                          for L in map(str, first["forced"])) + " |",
               "|---|" + "---|" * (2 * len(first["forced"]))]
+    ranges = results.get("speedup_ranges", {})
     for m, s in results["speedups"].items():
-        cells = [f"{s.get(f'vs_{ref}', {}).get(L, float('nan')):.2f}×" for ref in ("full-prompt", "full-prompt+cache")
-                 for L in map(str, first["forced"])]
+        cells = [f"{s.get(f'vs_{ref}', {}).get(L, float('nan')):.2f}×{_range(ranges, m, ref, L)}"
+                 for ref in ("full-prompt", "full-prompt+cache") for L in map(str, first["forced"])]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if ranges:
+        lines += ["", "In brackets: the lowest and highest of the paired ratios (repeat r of both methods ran back "
+                  "to back, the methods' repeats interleaved)."]
     return lines + ["", "Peak memory on a CPU is the process's peak resident set (model included); the prefix "
                     "cache serves one query at a time, so its 'batch' throughput is queries in sequence.", ""]
+
+
+def _range(ranges: dict[str, Any], method: str, ref: str, length: str) -> str:
+    r = ranges.get(method, {}).get(f"vs_{ref}", {}).get(length)
+    return f" [{r['min']:.2f}, {r['max']:.2f}]" if r else ""
 
 
 def _q(s: dict[str, float], digits: int = 3) -> str:
