@@ -196,7 +196,8 @@ def test_run_reports_each_stage_scored_on_its_own_prompt(tmp_path):
     at that stage's (τ, k); metrics.json and report.md carry each stage's validation loss."""
     from promptintern.cli import main
     from promptintern.config import load_config
-    from promptintern.pipeline import prepare, serving_messages, stage_validation_records
+    from promptintern.pipeline import prepare, serving_messages
+    from promptintern.stages import validation_builder
 
     raw = tiny_run_config(tmp_path / "run", data={"test_size": 2},
                           train={"max_steps_per_stage": 1, "per_device_batch_size": 2, "save_steps": 1,
@@ -204,7 +205,7 @@ def test_run_reports_each_stage_scored_on_its_own_prompt(tmp_path):
     cfg_path = write_config(tmp_path / "run.yaml", raw)
     prep = prepare(load_config(str(cfg_path)))
     assert len(prep.validation) == 3
-    build = stage_validation_records(prep)
+    build = validation_builder(prep.task, prep.validation, prep.stages, prep.retriever, prep.templates.at)
     for stage in prep.stages:
         records = build(stage)
         served = serving_messages(prep, prep.validation, stage.tau, stage.k)

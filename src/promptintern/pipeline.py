@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,15 +30,7 @@ from .methods import MethodPlan, plan
 from .prompt import EMPTY_TEMPLATE, Template, to_messages
 from .retrieve import Retriever
 from .schedule import StagePoint
-from .stages import (
-    Stage,
-    StageRecord,
-    build_prompt,
-    build_stages,
-    load_stages,
-    save_stages,
-    validation_records,
-)
+from .stages import Stage, build_prompt, build_stages, load_stages, save_stages, validation_builder
 from .tasks import get_task
 from .tasks.base import Instance, Task
 
@@ -318,26 +310,9 @@ def _train(prep: Prepared, run_dir: Path, resume: bool) -> Path | None:
         return final
     return train_stages(
         prep.stages, model_name=prep.cfg.model, lora=prep.cfg.lora, args=prep.cfg.train,
-        run_dir=run_dir, resume=resume, validation=stage_validation_records(prep),
+        run_dir=run_dir, resume=resume,
+        validation=validation_builder(prep.task, prep.validation, prep.stages, prep.retriever, prep.templates.at),
     )
-
-
-def stage_validation_records(prep: Prepared) -> Callable[[Stage], list[StageRecord]] | None:
-    """A stage's validation records, built with the stage's own prompt when training asks for
-    them (so a resumed run compresses only the rates of the stages it still trains)."""
-    if not prep.validation:
-        return None
-    neighbours: dict[str, list[Instance]] = {}
-    k_max = max(s.k for s in prep.stages)
-
-    def records(stage: Stage) -> list[StageRecord]:
-        if k_max > 0 and prep.retriever is not None and not neighbours:
-            from .retrieve import retrieve_all
-
-            neighbours.update(retrieve_all(prep.retriever, prep.validation, k_max, same_pool=False))
-        return validation_records(prep.task, prep.validation, stage, prep.templates.at(stage.tau), neighbours)
-
-    return records
 
 
 def _serve(name: str, model: Any, tokenizer: Any, items: list, run_dir: Path, args: Any) -> dict[str, Any]:

@@ -139,6 +139,27 @@ def validation_records(
     return [build_record(task, inst, template, neighbours.get(inst.id, ()), stage.k) for inst in instances]
 
 
+def validation_builder(
+    task: Task, instances: Sequence[Instance], stages: Sequence[Stage], retriever: Any,
+    template_at: Callable[[float], Template],
+) -> Callable[[Stage], list[StageRecord]] | None:
+    """A stage's validation records on demand (:func:`validation_records`, the examples retrieved
+    once, on first use), so a resumed run compresses only the rates of the stages it still trains."""
+    if not instances:
+        return None
+    neighbours: dict[str, list[Instance]] = {}
+    k_max = max(s.k for s in stages)
+
+    def records(stage: Stage) -> list[StageRecord]:
+        if k_max > 0 and retriever is not None and not neighbours:
+            from .retrieve import retrieve_all
+
+            neighbours.update(retrieve_all(retriever, instances, k_max, same_pool=False))
+        return validation_records(task, instances, stage, template_at(stage.tau), neighbours)
+
+    return records
+
+
 def save_stages(stages: Sequence[Stage], directory: Path) -> dict[str, str]:
     """Write each stage as ``stage-{i}.jsonl`` (atomically); return their fingerprints."""
     prints = {}

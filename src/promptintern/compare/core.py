@@ -8,6 +8,7 @@ every time, so a report with some (method, seed) runs still missing says which.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -268,11 +269,10 @@ def _paired_speedups(speed: dict[str, Any], lengths: Sequence[int]) -> dict[str,
                 a = base.get("forced", {}).get(L, {}).get("latency_s_runs")
                 b = entry.get("forced", {}).get(L, {}).get("latency_s_runs")
                 if a and b and len(a) == len(b):
-                    ratios = sorted(x / y for x, y in zip(a, b, strict=True))
+                    ratios = [x / y for x, y in zip(a, b, strict=True)]
                     out.setdefault(m, {}).setdefault(f"vs_{ref}", {})[L] = {
-                        "median": ratios[len(ratios) // 2] if len(ratios) % 2 else
-                        (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2,
-                        "min": ratios[0], "max": ratios[-1], "n": len(ratios)}
+                        "median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+                        "n": len(ratios)}
     return out
 
 
