@@ -1,9 +1,8 @@
-"""Run untrusted Python (model-generated MBPP solutions) in a contained child process -- or refuse to.
-This module stays whole at over 450 lines on purpose (why: next paragraph).
-
-Why this module stays whole at over 450 lines: it is one security boundary, and a reader auditing
+"""Why this module stays whole at over 450 lines: it is one security boundary, and a reader auditing
 it should find every way a run is started, limited, observed and judged in one file. The code that
 runs first inside the sandbox is in :mod:`.sandbox_bootstrap`, the seccomp filter in :mod:`.seccomp`.
+
+Run untrusted Python (model-generated MBPP solutions) in a contained child process -- or refuse to.
 
 **Fail closed.** Two levels exist, and only one of them contains untrusted code:
 
