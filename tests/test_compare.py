@@ -57,7 +57,7 @@ def test_report_structure(compared):
     r = _results(out)
     assert r["complete"] and r["pending"] == []
     assert list(r["methods"]) == METHODS and r["metric"] == "sql_execution"
-    assert r["plan"]["lr_policy"] == "restart" and r["plan"]["one_schedule_across_stages_available"] is False
+    assert r["plan"]["lr_policy"] == "restart"
     for m in METHODS:
         assert r["methods"][m]["seeds"] == [0, 1] and r["methods"][m]["train_steps"] == [1, 1]
     for m in ("full-prompt+cache", "query-only"):
@@ -161,6 +161,11 @@ def test_plan_gives_every_method_the_same_steps_and_seeds(tmp_path):
     assert cfg.train.lr_scheduler == "constant" and cfg.train.warmup_ratio == 0.0
     assert [cfg.train.for_stage(i).max_steps_per_stage for i in (0, 1)] == [3, 2]
     assert steps_per_stage(4, 3, revisit=True) == [4, 4, 4]
+    run_raw, args = load_compare_config(str(_config(tmp_path)), ["compare.total_steps=5", "compare.lr_policy=one"])
+    one = Plan(run_raw, args, tmp_path / "one").config("promptintern", 0)
+    assert one.train.lr_span == "run" and one.train.lr_scheduler == plan.base.train.lr_scheduler
+    one.train.validate()  # every stage's steps are set, as one schedule across stages needs
+    assert Plan(run_raw, args, tmp_path / "one").config("full-prompt", 0).train.lr_span == "run"
     with pytest.raises(ConfigError, match="did you mean 'query-only'"):
         load_compare_config(str(_config(tmp_path)), ["compare.methods=[query-olny]"])
     assert CompareArgs(methods=["full-prompt+cache"]).ordered_methods() == ["full-prompt", "full-prompt+cache"]

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from promptintern.errors import ConfigError, RunDirError
+from promptintern.identity import identity_view
 from promptintern.prompt import IGNORE_INDEX
 from promptintern.trainer import (
     LoraArgs,
@@ -158,6 +159,18 @@ def test_train_args_validation_and_stage_overrides():
         TrainArgs(optimizer_state="sometimes").validate()
     with pytest.raises(ConfigError, match="lr_scheduler"):
         TrainArgs(lr_scheduler="zigzag").validate()
+    with pytest.raises(ConfigError, match="lr_span"):
+        TrainArgs(lr_span="forever").validate()
+    with pytest.raises(ConfigError, match="needs train.max_steps_per_stage"):
+        TrainArgs(lr_span="run").validate()
+    with pytest.raises(ConfigError, match="needs a step-based"):
+        TrainArgs(lr_span="run", max_steps_per_stage=4, lr_scheduler="reduce_lr_on_plateau").validate()
+    with pytest.raises(ConfigError, match="'warmup_ratio' cannot change per stage under lr_span 'run'"):
+        TrainArgs(lr_span="run", max_steps_per_stage=4, stage_overrides={1: {"warmup_ratio": 0.2}}).validate()
+    TrainArgs(lr_span="run", max_steps_per_stage=4, stage_overrides={1: {"max_steps_per_stage": 2}}).validate()
+    # Left out of the identity at its default, so runs made before lr_span existed still resume.
+    assert "lr_span" not in identity_view(TrainArgs())
+    assert identity_view(TrainArgs(lr_span="run", max_steps_per_stage=4))["lr_span"] == "run"
     with pytest.raises(ConfigError, match="no stage 5"):
         train_stages(toy_stages(2), model_name="tiny-random", lora=LoraArgs(),
                      args=TrainArgs(stage_overrides={5: {"learning_rate": 1e-3}}), run_dir=Path("unused"))
@@ -203,6 +216,55 @@ def test_optimizer_state_keep_carries_adam_moments(tmp_path):
     assert rec.optimizer_steps[1] and set(rec.optimizer_steps[1]) == {3.0}  # stage 0's 3 steps carried over
     assert (tmp_path / "train" / "stage-0" / "final" / "optimizer.pt").is_file()
     assert not (tmp_path / "adapter" / "optimizer.pt").exists()
+
+
+def test_run_schedule_is_one_schedule_entered_part_way():
+    """Stages of 3 and 5 steps under one schedule see the LRs of a single 8-step schedule."""
+    from promptintern.training.hf import run_schedule
+
+    def lrs(offset: int, steps: int, total: int) -> list[float]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched, out = run_schedule(opt, "linear", 2, offset, total), []
+        for _ in range(steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    whole = lrs(0, 8, 8)
+    assert whole == pytest.approx([0.0, 0.5, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+    assert lrs(0, 3, 8) + lrs(3, 5, 8) == pytest.approx(whole)
+
+
+def test_lr_span_run_continues_the_schedule_across_stages(tmp_path):
+    """Logged LRs of a 2-stage run (3 + 3 steps) under lr_span 'run' are those of one 6-step run;
+    under the default each stage restarts the warm-up."""
+    def logged_lrs(run_dir: Path, stages: int, **changes) -> list[float]:
+        args = toy_args(max_steps_per_stage=6 // stages, warmup_ratio=0.34, **changes)
+        train_stages(toy_stages(stages), model_name="tiny-random", lora=LoraArgs(), args=args, run_dir=run_dir)
+        history = json.loads((run_dir / "train" / "history.json").read_text())
+        return [e["learning_rate"] for s in history["stages"] for e in s["log_history"] if "learning_rate" in e]
+
+    single = logged_lrs(tmp_path / "one", 1)
+    spanned = logged_lrs(tmp_path / "run", 2, lr_span="run")
+    restarted = logged_lrs(tmp_path / "stage", 2)
+    assert len(single) == len(spanned) == 6
+    assert spanned == pytest.approx(single)
+    assert restarted[3] < restarted[2]  # the second stage starts its own warm-up again
+    assert restarted != pytest.approx(single)
+
+
+def test_resume_under_lr_span_run_matches_uninterrupted_run(tmp_path):
+    """Killed inside stage 1, the resumed run re-enters the one schedule at the checkpoint's step."""
+    proc = run_helper(str(tmp_path / "run"), "--lr-span", "run", "--kill-at", "1:2", check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    run_helper(str(tmp_path / "run"), "--lr-span", "run", "--resume")
+    run_helper(str(tmp_path / "ref"), "--lr-span", "run")
+    run_helper(str(tmp_path / "restart"))
+    ref = adapter_tensors(tmp_path / "ref" / "adapter")
+    assert_same_tensors(adapter_tensors(tmp_path / "run" / "adapter"), ref)
+    restart = adapter_tensors(tmp_path / "restart" / "adapter")
+    assert any(not torch.equal(ref[k], restart[k]) for k in ref)  # the span changes the training
 
 
 def test_same_config_gives_identical_adapter(reference_run, tmp_path):

@@ -1,6 +1,6 @@
 """Toy stages and a command line for training tests that need their own process.
 
-``python tests/train_fixtures.py RUN_DIR [--kill-at STAGE:STEP] [--resume] [--keep] [--hash-out DIR]``
+``python tests/train_fixtures.py RUN_DIR [--kill-at STAGE:STEP] [--resume] [--keep] [--lr-span SPAN] [--hash-out DIR]``
 trains the toy stages with :func:`toy_args`. ``--kill-at`` SIGKILLs the process right after
 the Trainer saved checkpoint STEP of stage STAGE (a crash at a known point, without racing a
 poller); ``--hash-out`` writes each rank's final in-memory adapter hash (for DDP tests).
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-at", default=None, help="STAGE:STEP")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--keep", action="store_true", help="optimizer_state=keep")
+    p.add_argument("--lr-span", default="stage", help="train.lr_span")
     p.add_argument("--stages", type=int, default=3)
     p.add_argument("--epochs", type=float, default=None, help="epochs per stage instead of 6 steps")
     p.add_argument("--hash-out", type=Path, default=None)
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             Hooks.model = model
 
     changes = {"optimizer_state": "keep"} if a.keep else {}
+    changes["lr_span"] = a.lr_span
     if a.epochs is not None:
         changes.update(max_steps_per_stage=None, epochs_per_stage=a.epochs)
     train_stages(toy_stages(a.stages), model_name="tiny-random", lora=LoraArgs(), args=toy_args(**changes),

@@ -25,6 +25,7 @@ from .configtools import from_dict
 from .errors import ConfigError
 
 OPTIMIZER_STATES = ("reset", "keep")
+LR_SPANS = ("stage", "run")
 SHARED_PREFIX_MODES = ("auto", "on", "off")
 KL_LOSSES = ("kl", "ce+kl")
 LOSSES = ("ce", *KL_LOSSES)
@@ -39,6 +40,10 @@ LR_SCHEDULERS = (
     "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
     "warmup_stable_decay", "greedy",
 )
+# Schedules that are a function of the step alone (a LambdaLR in transformers), so that one schedule
+# can be entered part-way at a later stage (``lr_span: run``); reduce_lr_on_plateau and greedy
+# follow the loss instead.
+STEP_SCHEDULERS = tuple(s for s in LR_SCHEDULERS if s not in ("reduce_lr_on_plateau", "greedy"))
 DTYPES = ("auto", "float32", "bfloat16")
 # Passthrough (``train.extra`` / ``lora.extra``): fields promptintern already exposes under its
 # own name (one way to say each thing), and fields it sets itself for its stage bookkeeping.
@@ -153,8 +158,9 @@ class TrainArgs:
     epochs_per_stage: float = field(default=1.0, metadata={"help": "Passes over the stage's records per stage (fractions allowed)."})
     max_steps_per_stage: int | None = field(default=None, metadata={"help": "Optimizer steps per stage; overrides epochs_per_stage when set."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of AdamW."})
-    lr_scheduler: str = field(default="linear", metadata={"help": "transformers LR schedule (linear, cosine, constant, constant_with_warmup, ...); restarts each stage."})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of each stage's steps spent warming the LR up from 0, in [0, 1)."})
+    lr_scheduler: str = field(default="linear", metadata={"help": "transformers LR schedule (linear, cosine, constant, constant_with_warmup, ...); restarts each stage unless lr_span is 'run'."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of the schedule's steps spent warming the LR up from 0, in [0, 1): of each stage's steps, or of all stages' steps with lr_span 'run'."})
+    lr_span: str = field(default="stage", metadata={"help": "What one LR schedule (warm-up and decay) spans: 'stage' = it restarts in every stage (the Trainer's own behaviour: a 3-stage run goes through three cycles); 'run' = one schedule over the steps of all stages, each stage entering it where the previous one stopped, as a single-stage run of the same steps would (needs max_steps_per_stage, a step-based lr_scheduler, and no per-stage lr_scheduler or warmup_ratio).", "choices": LR_SPANS})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 = off)."})
     optim: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name."})
@@ -210,6 +216,8 @@ class TrainArgs:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.optimizer_state not in OPTIMIZER_STATES:
             raise ConfigError(f"train.optimizer_state: {self.optimizer_state!r} is not one of {', '.join(OPTIMIZER_STATES)}")
+        if self.lr_span not in LR_SPANS:
+            raise ConfigError(f"train.lr_span: {self.lr_span!r} is not one of {', '.join(LR_SPANS)}")
         if self.loss not in LOSSES:
             raise ConfigError(f"train.loss: {self.loss!r} is not one of {', '.join(LOSSES)}")
         if self.loss in KL_LOSSES:
@@ -231,6 +239,22 @@ class TrainArgs:
                 raise ConfigError(f"train.stage_overrides.{index}: {bad[0]!r} cannot change per stage; "
                                   f"allowed: {', '.join(sorted(PER_STAGE_FIELDS))}")
             self.for_stage(index)  # type-checks and validates the overridden values
+        if self.lr_span == "run":
+            self._validate_run_span()
+
+    def _validate_run_span(self) -> None:
+        """One schedule over all stages needs every stage's step count before training starts."""
+        if self.lr_scheduler not in STEP_SCHEDULERS:
+            raise ConfigError(f"train.lr_span 'run' needs a step-based lr_scheduler, not {self.lr_scheduler!r}")
+        for index, changes in self.stage_overrides.items():
+            bad = sorted({"lr_scheduler", "warmup_ratio"} & set(changes))
+            if bad:
+                raise ConfigError(f"train.stage_overrides.{index}: {bad[0]!r} cannot change per stage under "
+                                  "lr_span 'run' (one schedule spans the stages)")
+        if self.max_steps_per_stage is None or any(
+                self.for_stage(i).max_steps_per_stage is None for i in self.stage_overrides):
+            raise ConfigError("train.lr_span 'run' needs train.max_steps_per_stage (every stage's step count "
+                              "known before training)")
 
     def _validate_kl(self) -> None:
         if self.loss == "ce+kl" and not 0.0 < self.kl_weight < 1.0:
@@ -256,11 +280,12 @@ class TrainArgs:
 
     def identity_skip(self) -> tuple[str, ...]:
         """Fields left out of this run's identity: the KL fields when no teacher is used, ``dtype``
-        and ``extra`` at their defaults (so runs made before they existed still resume)."""
+        ``extra`` and ``lr_span`` at their defaults (so runs made before they existed still resume)."""
         skip = () if self.uses_teacher() else KL_FIELDS
         skip += () if self.extra else ("extra",)
         # The validation set changes the weights only through select_best (then it is part of the run).
         skip += () if self.select_best else ("validation_size", "select_best")
+        skip += ("lr_span",) if self.lr_span == "stage" else ()
         return skip + (("dtype",) if self.dtype == "auto" else ())
 
     def for_stage(self, index: int) -> TrainArgs:

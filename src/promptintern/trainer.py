@@ -49,7 +49,9 @@ Choices (ours; the paper does not say):
   prompt's left edge would remove the system turn and the chat header, cutting the right edge
   would cut the answer.
 - Stage ``i`` is seeded with ``seed + i`` (LoRA dropout masks and data order differ between
-  stages); the LR schedule (warm-up, decay) restarts in every stage.
+  stages); the LR schedule (warm-up, decay) restarts in every stage, the Trainer's own behaviour,
+  unless ``lr_span: run``: one schedule over all stages' steps, each stage entering it where the
+  previous one stopped (so a 3-stage run and a 1-stage run of the same steps see the same LRs).
 - ``optimizer_state``: ``reset`` (default) starts every stage with a fresh AdamW; ``keep``
   carries the AdamW moments and step counts over from the previous stage, so the new stage
   skips Adam's bias-correction warm-up and continues the previous stage's update directions.
@@ -160,6 +162,7 @@ def _validation_data(sess: _Session, stage: Stage, args: TrainArgs) -> list[dict
 def _train_stage(
     sess: _Session, stage: Stage, args: TrainArgs, label: str, checkpoint: Path | None,
     optimizer_state: dict | None, keep_optimizer: bool, last: bool = False,
+    lr_span: tuple[int, int] | None = None,
 ) -> dict | None:
     """Run one stage's Trainer, score it on validation records and write its final/ adapter;
     returns the optimizer state to carry."""
@@ -195,6 +198,7 @@ def _train_stage(
         kl_weight=args.kl_weight,
         carry=carry,
         shared_prefix=args.shared_prefix,
+        lr_span=lr_span,
     )
     trainer.remove_callback(PrinterCallback)
     teacher_before = sess.teacher.stats() if sess.teacher is not None else None
@@ -227,6 +231,12 @@ def _train_stage(
     trainer.accelerator.free_memory()
     _barrier()
     return carried
+
+
+def _lr_spans(stage_args: Sequence[TrainArgs]) -> list[tuple[int, int]]:
+    """Per stage under ``lr_span: run``: (steps of the stages before it, steps of all stages)."""
+    steps = [int(a.max_steps_per_stage) for a in stage_args]  # validated: set for every stage
+    return [(sum(steps[:i]), sum(steps)) for i in range(len(steps))]
 
 
 def _check_teacher_prompts(stages: Sequence[Stage], loss: str) -> None:
@@ -278,6 +288,7 @@ def train_stages(
         raise ConfigError(f"train.stage_overrides: no stage {unknown[0]} "
                           f"(stages: {', '.join(str(s.index) for s in stages)})")
     stage_args = [args.for_stage(s.index) for s in stages]
+    spans = _lr_spans(stage_args) if args.lr_span == "run" else [None] * len(stages)
     if args.uses_teacher():
         _check_teacher_prompts(stages, args.loss)
     run_dir = Path(run_dir)
@@ -325,7 +336,7 @@ def train_stages(
             keep_next = pos + 1 < len(stages) and stage_args[pos + 1].optimizer_state == "keep"
             carried = _train_stage(sess, stages[pos], stage_args[pos], f"stage {pos + 1}/{len(stages)}",
                                    resume_from if pos == first_open else None, carried, keep_next,
-                                   last=pos == len(stages) - 1)
+                                   last=pos == len(stages) - 1, lr_span=spans[pos])
             if is_main:
                 _write_history(train_dir, stages)
 

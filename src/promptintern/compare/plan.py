@@ -38,6 +38,9 @@ from .speed import ScalingArgs, SpeedArgs
 LR_POLICIES = {
     "restart": "the config's lr_scheduler and warm-up restart in every stage (the trainer's behaviour): a "
                "3-stage method goes through three warm-up/decay cycles where a 1-stage method goes through one",
+    "one": "one schedule across stages (train.lr_span: run): the config's lr_scheduler and warm-up span all of "
+           "a method's steps, each stage entering the schedule where the previous one stopped, so every method "
+           "goes through one warm-up/decay cycle over the same number of steps",
     "constant": "constant LR, no warm-up, for every method: per-stage restarts and one schedule across stages "
                 "give the same learning rate at every step, so every method is optimised alike",
 }
@@ -224,6 +227,8 @@ class Plan:
             train["loss"] = spec.loss
         if self.args.lr_policy == "constant":
             train.update(lr_scheduler="constant", warmup_ratio=0.0)
+        elif self.args.lr_policy == "one":
+            train["lr_span"] = "run"
         _section(d, "infer")["prefix_cache"] = False
         steps = self.planned_steps(method)
         if steps:
@@ -251,5 +256,4 @@ class Plan:
             "lr_policy": self.args.lr_policy, "lr_policy_means": LR_POLICIES[self.args.lr_policy],
             "lr_scheduler": "constant" if self.args.lr_policy == "constant" else t.lr_scheduler,
             "warmup_ratio": 0.0 if self.args.lr_policy == "constant" else t.warmup_ratio,
-            "one_schedule_across_stages_available": False,
         }

@@ -214,7 +214,7 @@ def _plan_section(results: dict[str, Any]) -> list[str]:
              f"{p['n_train']} training pairs, {p['total_steps']} optimizer steps of {p['batch']} records for every "
              f"fine-tuned method; seeds {p['seeds']} ({p['seed_changes']}).", "",
              f"LR schedule policy: `{p['lr_policy']}` ({p['lr_scheduler']}, warm-up ratio {p['warmup_ratio']}): "
-             f"{p['lr_policy_means']}. The trainer has no switch for one schedule across stages.", "",
+             f"{p['lr_policy_means']}.", "",
              "| method | what | steps per stage | stage data | training wall s per seed | whole run (train + serve + "
              "score) wall s per seed |", "|---|---|---|---|---|---|"]
     for m, d in p["methods"].items():

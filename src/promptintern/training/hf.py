@@ -5,6 +5,7 @@ Classes are built by functions so that importing this module does not import tra
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,9 @@ def _make_trainer_class() -> type:
 
         def __init__(self, *args: Any, loss: str = "ce", optimizer_state: dict | None = None,
                      teacher: Teacher | None = None, kl_weight: float = 0.5, carry: dict | None = None,
-                     shared_prefix: str = "off", **kwargs: Any):
+                     shared_prefix: str = "off", lr_span: tuple[int, int] | None = None, **kwargs: Any):
             super().__init__(*args, **kwargs)
+            self.lr_span = lr_span  # (steps of the stages before, steps of all stages) under lr_span 'run'
             # What a resumed stage takes over from its checkpoint (see _save_checkpoint).
             self.carry = carry or {}
             self.t0 = time.perf_counter()
@@ -101,6 +103,16 @@ def _make_trainer_class() -> type:
             }
             super()._save_checkpoint(model, trial)
 
+        def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+            if self.lr_span is None or self.lr_scheduler is not None:
+                return super().create_scheduler(num_training_steps, optimizer)
+            offset, total = self.lr_span
+            self.lr_scheduler = run_schedule(optimizer or self.optimizer, self.args.lr_scheduler_type,
+                                             self.args.get_warmup_steps(total), offset, total,
+                                             self.args.lr_scheduler_kwargs)
+            self._created_lr_scheduler = True
+            return self.lr_scheduler
+
         def create_optimizer(self, model=None):  # noqa: ANN001
             optimizer = super().create_optimizer(model)
             if self.carried_optimizer_state is not None:
@@ -110,6 +122,30 @@ def _make_trainer_class() -> type:
             return optimizer
 
     return StageTrainer
+
+
+def _shifted(fn: Any, offset: int, step: int) -> float:
+    return fn(step + offset)
+
+
+def run_schedule(optimizer: Any, name: str, warmup_steps: int, offset: int, total: int,
+                 kwargs: dict[str, Any] | None = None) -> Any:
+    """One LR schedule over all stages' ``total`` steps, entered at step ``offset`` (the steps of
+    the stages before this one).
+
+    Each stage is its own Trainer run, whose scheduler would start the schedule over; this one is
+    the transformers schedule of the whole run with its step counter moved on by ``offset``, so the
+    stages together follow the LR curve a single-stage run of ``total`` steps follows.
+    """
+    from torch.optim.lr_scheduler import LambdaLR
+    from transformers import get_scheduler
+
+    whole = get_scheduler(name, optimizer=optimizer, num_warmup_steps=warmup_steps, num_training_steps=total,
+                          scheduler_specific_kwargs=kwargs or {})
+    if not isinstance(whole, LambdaLR):
+        raise ConfigError(f"train.lr_span 'run': schedule {name!r} does not depend on the step alone")
+    # The optimizer's initial_lr was set by the first construction; this one keeps it.
+    return LambdaLR(optimizer, [functools.partial(_shifted, fn, offset) for fn in whole.lr_lambdas])
 
 
 def _seed_callback_class() -> type:
