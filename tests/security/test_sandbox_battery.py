@@ -27,8 +27,8 @@ from promptintern.evaluate.sandbox import (
     SandboxLimits,
     SandboxUnavailable,
     sandbox_capabilities,
-    tree_rss_bytes,
 )
+from promptintern.evaluate.watch import tree_rss_bytes
 from promptintern.tasks.base import Instance
 
 from .cases import CASES, CASES_BY_NAME, CHECKS, TIMEOUT_S, WRONG

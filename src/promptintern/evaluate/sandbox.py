@@ -1,27 +1,16 @@
-"""Why this module stays whole at over 450 lines: it is one security boundary, and a reader auditing
-it should find every way a run is started, limited, observed and judged in one file. The code that
-runs first inside the sandbox is in :mod:`.sandbox_bootstrap`, the seccomp filter in :mod:`.seccomp`.
-
-Run untrusted Python (model-generated MBPP solutions) in a contained child process -- or refuse to.
+"""Run untrusted Python (model-generated MBPP solutions) in a contained child process -- or refuse to.
 
 **Fail closed.** Two levels exist, and only one of them contains untrusted code:
 
 ``bwrap`` (the default; *contained*)
-    bubblewrap (0.8+; Debian package ``bubblewrap``) with new mount, pid, network, ipc and uts
-    namespaces. The child never runs as root: as root on the host, the bootstrap drops to a fresh
-    unprivileged uid per run (``setresuid``, which also makes the process non-dumpable); as a
-    normal user, bubblewrap's user namespace maps the caller's own non-zero uid, without
-    capabilities. Inside, the whole file system is **read-only** (system directories and the
-    interpreter's prefix bound read-only; ``/tmp``, ``/dev`` and the working directory remounted
-    read-only): nothing to fill, nothing to change, no place to put native code to load. There is
-    **no /proc**, so the host's processes, their memory, pipes and namespaces cannot be named.
-    Modules that give Python raw memory access (``_ctypes``, the ``_test*`` extension modules) are
-    replaced by ``/dev/null`` in the sandbox's view and third-party package folders (``site-`` and
-    ``dist-packages``, where ``_cffi_backend`` or GObject bindings live) are empty, so no import
-    route reaches them; solutions get the standard library only. A seccomp filter (:mod:`.seccomp`) refuses ``ptrace``, ``process_vm_readv``,
-    mounts and new namespaces for every process of the run. The network is a private loopback.
-    Home directories, the project, the data and the host's ``/tmp`` do not exist inside. All
-    descendants die with the pid namespace; their resident memory is counted as one tree.
+    bubblewrap with new namespaces and a read-only view of the system holding the standard library
+    only, no ``/proc``, no raw-memory modules (:mod:`.bwrap` builds it). The child never runs as
+    root: as root on the host, the bootstrap drops to a fresh unprivileged uid per run
+    (``setresuid``, which also makes the process non-dumpable); as a normal user it keeps the
+    caller's own non-zero uid. A seccomp filter (:mod:`.seccomp`) refuses ``ptrace``,
+    ``process_vm_readv``, mounts and new namespaces for every process of the run. The network is a
+    private loopback. All descendants die with the pid namespace; their resident memory is counted
+    as one tree (:mod:`.watch`).
 ``process`` (explicit opt-in only; *not contained*)
     a plain child process with the same rlimits, a process group that is killed, and a fresh uid
     when running as root and the interpreter is readable to it. It can read and write whatever the
@@ -65,44 +54,37 @@ defence in depth, not the barrier.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import glob
 import logging
 import marshal
 import os
 import platform
-import resource
 import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 
 from ..errors import UserError
+from .bwrap import SANDBOX_WORKDIR, base_python, bwrap_args, masked_paths
 from .sandbox_bootstrap import BOOTSTRAP
 from .seccomp import seccomp_program
+from .watch import MemoryGuard, PipeReader, kill_group, user_process_count
 
 _LOG = logging.getLogger(__name__)
 
 LEVELS = ("bwrap", "process")
 CONTAINED_LEVELS = ("bwrap",)
-SANDBOX_WORKDIR = "/tmp/sandbox"  # the (read-only, empty) working directory inside a bwrap sandbox
 SANDBOX_UID_BASE = 0x7F000000  # fresh per-run uids (root only) are drawn from [BASE, BASE + SPAN)
 SANDBOX_UID_SPAN = 1 << 24
-SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-# Extension modules that hand Python raw memory access; replaced by /dev/null inside the sandbox.
-MASKED_MODULES = ("_ctypes*.so", "_cffi_backend*.so", "_test*.so", "_xxtestfuzz*.so")
 INSTALL_HINT = ("install bubblewrap (apt-get install bubblewrap) and run as root or as a user with "
                 "unprivileged user namespaces")
 OPT_IN_HINT = "or opt in to the uncontained process level at your own risk (--unsafe-sandbox / eval.sandbox: process)"
 _RESULT_CAP = 256  # bytes read back from the result pipe
 _GRACE_S = 5.0  # how long to wait for a killed child and its pipes
-_MEMORY_POLL_S = 0.05
 
 
 class SandboxUnavailable(UserError):
@@ -190,90 +172,6 @@ _PROBE_CODE_PROCESS = "import collections, json, math, re\nprint('ok')\n"
 _KILL_UID = "import os,sys\nu=int(sys.argv[1])\nos.setgroups([])\nos.setresgid(u,u,u)\nos.setresuid(u,u,u)\nos.kill(-1,9)\n"
 
 
-def _base_python() -> str:
-    """The real interpreter behind this (possibly virtual-env) Python."""
-    exe = getattr(sys, "_base_executable", None) or sys.executable
-    return os.path.realpath(exe)
-
-
-def _python_roots(python: str) -> list[str]:
-    """Directories the interpreter needs inside a bwrap sandbox: its prefix and its binary's folder."""
-    if _base_python() == python:
-        roots = [os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)]
-    else:  # another interpreter: assume the usual <prefix>/bin/python layout
-        roots = [os.path.dirname(os.path.dirname(python))]
-    roots.append(os.path.dirname(python))
-    return sorted({r for r in roots if not any(r == s or r.startswith(s + "/") for s in ("/usr", "/bin", "/lib"))})
-
-
-def _masked_paths(python: str) -> tuple[str, ...]:
-    """What to hide inside the sandbox: raw-memory extension modules and third-party package folders.
-
-    Files matching :data:`MASKED_MODULES` in ``lib-dynload`` become ``/dev/null``; ``site-packages``
-    and ``dist-packages`` (the system's too: Debian's python3.11 modules would load into our 3.11)
-    become empty. Solutions run with the standard library only.
-    """
-    bases = [*_python_roots(python), "/usr", "/usr/local"]
-    found: set[str] = set()
-    for base in bases:
-        for pattern in MASKED_MODULES:
-            found.update(glob.glob(os.path.join(base, "lib*", "python3*", "lib-dynload", pattern)))
-        for sub in ("site-packages", "dist-packages"):
-            found.update(glob.glob(os.path.join(base, "lib*", "python3*", sub)))
-    return tuple(sorted({os.path.realpath(f) for f in found if os.path.exists(f)}))
-
-
-def _user_process_count() -> int:
-    uid, n = os.getuid(), 0
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return 0
-    for entry in entries:
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                n += os.stat(f"/proc/{entry}").st_uid == uid
-    return n
-
-
-def _bwrap_args(bwrap: str, python: str, root: bool, plan: _Plan, seccomp_fd: int | None) -> list[str]:
-    args = [bwrap, "--die-with-parent", "--new-session"]
-    if root:  # privileged: keep only what the bootstrap needs to drop to the sandbox uid
-        args += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
-                 "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-    else:  # a user namespace mapping the caller's own (non-zero) uid, without capabilities
-        args += ["--unshare-all"]
-    present = {"/"}
-    for d in SYSTEM_DIRS:
-        if os.path.islink(d):
-            args += ["--symlink", os.readlink(d), d]
-        elif os.path.isdir(d):
-            args += ["--ro-bind", d, d]
-        else:
-            continue
-        present.add(d)
-    for r in _python_roots(python):
-        parts = r.strip("/").split("/")
-        for i in range(1, len(parts)):
-            anc = "/" + "/".join(parts[:i])
-            if anc not in present:
-                args += ["--perms", "0755", "--dir", anc]
-                present.add(anc)
-        args += ["--ro-bind", r, r]
-    for path in plan.masks:
-        if os.path.isdir(path):
-            args += ["--perms", "0755", "--tmpfs", path, "--remount-ro", path]
-        else:
-            args += ["--ro-bind", "/dev/null", path]
-    args += ["--dev", "/dev", "--remount-ro", "/dev",
-             "--perms", "0755", "--size", "65536", "--tmpfs", "/tmp",
-             "--perms", "0755", "--dir", SANDBOX_WORKDIR, "--remount-ro", "/tmp", "--chdir", SANDBOX_WORKDIR,
-             "--setenv", "HOME", SANDBOX_WORKDIR, "--setenv", "TMPDIR", SANDBOX_WORKDIR]
-    if seccomp_fd is not None:
-        args += ["--seccomp", str(seccomp_fd)]
-    return args + ["--"]
-
-
 class Sandbox:
     """Runs Python source under :class:`SandboxLimits`: contained (``bwrap``) unless the caller opts out.
 
@@ -286,7 +184,7 @@ class Sandbox:
         if level not in LEVELS:
             raise ValueError(f"unknown sandbox level {level!r}; choose one of {', '.join(LEVELS)}")
         self.limits = limits or SandboxLimits()
-        self.python = python or _base_python()
+        self.python = python or base_python()
         self.level = level
         self._caps: SandboxCapabilities | None = None
         self._plan: _Plan | None = None
@@ -353,7 +251,7 @@ def _bwrap_plan(python: str, bwrap: str | None, root: bool) -> _Plan:
     if program is None:
         raise SandboxUnavailable(f"the sandbox's seccomp filter does not describe this machine ({platform.machine()}); "
                                  f"{OPT_IN_HINT}")
-    return _Plan("bwrap", root, _masked_paths(python), program)
+    return _Plan("bwrap", root, masked_paths(python), program)
 
 
 def _caps(plan: _Plan, python: str, root: bool, notes: tuple[str, ...]) -> SandboxCapabilities:
@@ -365,7 +263,7 @@ def _caps(plan: _Plan, python: str, root: bool, notes: tuple[str, ...]) -> Sandb
 
 
 def _rlimits(limits: SandboxLimits) -> str:
-    nproc = limits.max_procs if os.geteuid() == 0 else _user_process_count() + limits.max_procs
+    nproc = limits.max_procs if os.geteuid() == 0 else user_process_count() + limits.max_procs
     values = {
         "RLIMIT_AS": limits.memory_mb * 2**20,
         "RLIMIT_DATA": limits.memory_mb * 2**20,
@@ -378,95 +276,11 @@ def _rlimits(limits: SandboxLimits) -> str:
     return ",".join(f"{k}={v}" for k, v in values.items())
 
 
-class _Reader(threading.Thread):
-    """Drain a pipe, keeping at most ``cap`` bytes; call ``on_overflow`` once beyond it."""
-
-    def __init__(self, fd: int, cap: int, on_overflow=None) -> None:
-        super().__init__(daemon=True)
-        self.fd, self.cap, self.on_overflow = fd, cap, on_overflow
-        self.data = bytearray()
-        self.overflow = False
-
-    def run(self) -> None:
-        try:
-            while True:
-                chunk = os.read(self.fd, 65536)
-                if not chunk:
-                    return
-                room = self.cap - len(self.data)
-                if len(chunk) > room:
-                    self.data += chunk[: max(room, 0)]
-                    if not self.overflow:
-                        self.overflow = True
-                        if self.on_overflow is not None:
-                            self.on_overflow()
-                else:
-                    self.data += chunk
-        except OSError:
-            return
-        finally:
-            os.close(self.fd)
-
-
-def tree_rss_bytes(root_pid: int) -> int:
-    """Resident memory of ``root_pid`` and all its descendants (from the host's /proc; shared pages count per process).
-
-    Why not a cgroup: creating one needs a delegated cgroup tree, which containers and CI runners
-    rarely give; the parent can always read /proc. Over-counting shared pages errs on the safe side.
-    """
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        fields = data[data.rindex(b")") + 2:].split()
-        pid = int(entry.name)
-        children.setdefault(int(fields[1]), []).append(pid)
-        rss[pid] = int(fields[21])
-    total, todo = 0, [root_pid]
-    while todo:
-        pid = todo.pop()
-        total += rss.get(pid, 0)
-        todo.extend(children.get(pid, ()))
-    return total * resource.getpagesize()
-
-
-class _MemoryGuard(threading.Thread):
-    """Kill the run when its process tree holds more resident memory than the cap (per item, not per process)."""
-
-    def __init__(self, pid: int, cap_bytes: int, kill) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.cap, self.kill = pid, cap_bytes, kill
-        self.stop = threading.Event()
-        self.exceeded = False
-        self.peak = 0
-
-    def run(self) -> None:
-        while not self.stop.wait(_MEMORY_POLL_S):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                used = tree_rss_bytes(self.pid)
-                self.peak = max(self.peak, used)
-                if used > self.cap:
-                    self.exceeded = True
-                    self.kill()
-                    return
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
 def _command(plan: _Plan, python: str, limits: SandboxLimits, mode: str, uid: int, workdir: str,
              fds: tuple[int, ...]) -> tuple[list[str], dict[str, str]]:
     """The argv and environment of one run: isolation wrapper, interpreter flags, bootstrap."""
     if plan.level == "bwrap":
-        wrapper = _bwrap_args(shutil.which("bwrap") or "bwrap", python, os.geteuid() == 0, plan,
+        wrapper = bwrap_args(shutil.which("bwrap") or "bwrap", python, os.geteuid() == 0, plan.masks,
                               fds[2] if len(fds) > 2 else None)
         home = SANDBOX_WORKDIR
     else:
@@ -520,12 +334,12 @@ def _execute(plan: _Plan, python: str, limits: SandboxLimits, mode: str, payload
 
         def kill() -> None:
             killed.set()
-            _kill_group(proc.pid)
+            kill_group(proc.pid)
 
-        out = _Reader(os.dup(proc.stdout.fileno()), limits.max_output_bytes, kill)  # type: ignore[union-attr]
-        err = _Reader(os.dup(proc.stderr.fileno()), limits.max_output_bytes, kill)  # type: ignore[union-attr]
-        res = _Reader(fd_out_r, _RESULT_CAP)
-        memory = _MemoryGuard(proc.pid, limits.memory_mb * 2**20, kill)
+        out = PipeReader(os.dup(proc.stdout.fileno()), limits.max_output_bytes, kill)  # type: ignore[union-attr]
+        err = PipeReader(os.dup(proc.stderr.fileno()), limits.max_output_bytes, kill)  # type: ignore[union-attr]
+        res = PipeReader(fd_out_r, _RESULT_CAP)
+        memory = MemoryGuard(proc.pid, limits.memory_mb * 2**20, kill)
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
         writer = threading.Thread(target=_write_all, args=(fd_in_w, marshal.dumps(payload)), daemon=True)
@@ -555,7 +369,7 @@ def _reap(proc: subprocess.Popen, python: str, sweep_uid: int) -> None:
     With a pid namespace that takes every descendant; without one, a dropped uid lets us kill
     every process of that uid, which catches children that left the group.
     """
-    _kill_group(proc.pid)
+    kill_group(proc.pid)
     try:
         proc.wait(timeout=_GRACE_S)
     except subprocess.TimeoutExpired:
@@ -578,7 +392,7 @@ def _write_all(fd: int, data: bytes) -> None:
         os.close(fd)
 
 
-def _classify(rc: int | None, out: _Reader, err: _Reader, result: bytes, expect: bytes | None,
+def _classify(rc: int | None, out: PipeReader, err: PipeReader, result: bytes, expect: bytes | None,
               timed_out: bool, wall: float) -> SandboxResult:
     stdout = bytes(out.data).decode("utf-8", "replace")
     stderr = bytes(err.data).decode("utf-8", "replace")
