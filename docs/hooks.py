@@ -185,33 +185,37 @@ def _loaded() -> list[tuple[str, dict[str, Any]]]:
     return [(p.parent.name, json.loads(p.read_text(encoding="utf-8"))) for p in result_files()]
 
 
-def _ratio(ranges: dict[str, Any], method: str, ref: str) -> str:
+def _ratio(r: dict[str, Any], method: str, ref: str) -> str:
+    """Ratio of median latencies, as the report gives it, with the lowest and highest paired ratio."""
     cells = []
     for length in ("16", "64"):
-        x = ranges.get(method, {}).get(f"vs_{ref}", {}).get(length)
-        cells.append(f"{x['median']:.2f}× [{x['min']:.2f}, {x['max']:.2f}]" if x else "—")
+        ratio = r["speedups"].get(method, {}).get(f"vs_{ref}", {}).get(length)
+        x = r["speedup_ranges"].get(method, {}).get(f"vs_{ref}", {}).get(length)
+        cells.append(f"{ratio:.2f}× [{x['min']:.2f}, {x['max']:.2f}]" if ratio and x else "—")
     return " / ".join(cells)
 
 
+def _tokens(speed: dict[str, Any], method: str, key: str = "prompt_tokens_mean") -> str:
+    forced = speed.get(method, {}).get("forced", {}).get("16", {})
+    return f"{forced[key]:.0f}" if key in forced else "—"
+
+
 def compare_speed() -> str:
-    """Matched-length speed-ups per comparison: median of the paired latency ratios [lowest, highest]."""
+    """Matched-length speed-ups per comparison: ratio of median latencies [lowest, highest paired ratio]."""
     lines = ["| comparison | prompt tokens: full / cached / PromptIntern | PromptIntern vs full prompt, 16 / 64 "
              "tokens | PromptIntern vs prefix cache, 16 / 64 | query-only FT vs prefix cache, 16 / 64 |",
              "|---|---|---|---|---|"]
     for name, r in _loaded():
-        ranges, speed = r.get("speedup_ranges") or {}, (r.get("speed") or {}).get("methods", {})
-        if not ranges or "full-prompt" not in speed:
+        speed = (r.get("speed") or {}).get("methods", {})
+        if not r.get("speedup_ranges") or not r.get("speedups") or "full-prompt" not in speed:
             continue
 
-        def tokens(m: str, key: str = "prompt_tokens_mean") -> str:
-            forced = speed.get(m, {}).get("forced", {}).get("16", {})
-            return f"{forced[key]:.0f}" if key in forced else "—"
-
-        lines.append(f"| [{name}]({name}/index.md#speed-at-equal-answer-length) | {tokens('full-prompt')} / "
-                     f"{tokens('full-prompt+cache', 'cached_prefix_tokens')} / {tokens('promptintern')} | "
-                     f"{_ratio(ranges, 'promptintern', 'full-prompt')} | "
-                     f"{_ratio(ranges, 'promptintern', 'full-prompt+cache')} | "
-                     f"{_ratio(ranges, 'query-only', 'full-prompt+cache')} |")
+        lines.append(f"| [{name}]({name}/index.md#speed-at-equal-answer-length) | {_tokens(speed, 'full-prompt')} / "
+                     f"{_tokens(speed, 'full-prompt+cache', 'cached_prefix_tokens')} / "
+                     f"{_tokens(speed, 'promptintern')} | "
+                     f"{_ratio(r, 'promptintern', 'full-prompt')} | "
+                     f"{_ratio(r, 'promptintern', 'full-prompt+cache')} | "
+                     f"{_ratio(r, 'query-only', 'full-prompt+cache')} |")
     return "\n".join(lines)
 
 
