@@ -279,7 +279,7 @@ def prompt_stages_svg() -> str:
         parts = [("instruction", tau * sizes["instruction"]), ("documentation", tau * sizes["documentation"])]
         parts += [("example", sizes["example"])] * k + [("query", sizes["query"])]
         x = left
-        for name, tokens in parts:
+        for name, tokens in [p for p in parts if p[1] > 0]:
             w = tokens * scale
             out.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{colors[name]}" '
                        f'stroke="white"><title>{name}: {tokens:.0f} tokens</title></rect>')
