@@ -49,7 +49,7 @@ def on_files(files: Files, config: Any) -> Files:
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
     """Replace ``<!-- generated: NAME -->`` markers in hand-written pages."""
     makers = {"package-map": package_map, "compare-summary": compare_summary, "compare-speed": compare_speed,
-              "compare-cost": compare_cost}
+              "compare-cost": compare_cost, "scaling-nl2bash": lambda: scaling_table("compare-nl2bash")}
     return MARKER.sub(lambda m: makers[m.group(1)](), markdown)
 
 
@@ -233,6 +233,25 @@ def compare_cost() -> str:
                      for m in ("full-prompt", "promptintern", "query-only")]
             lines.append(f"| [{name}]({name}/index.md#cost) | `{profile}` | " + " | ".join(per)
                          + " | " + " / ".join(train) + " |")
+    return "\n".join(lines)
+
+
+def scaling_table(folder: str) -> str:
+    """The speed-vs-prompt-length pass of one comparison, with the machine's load around each length."""
+    sc = json.loads((RESULTS / folder / "results.json").read_text(encoding="utf-8"))["scaling"]
+    lengths = [str(n) for n in sc["settings"]["lengths"]]
+    systems = ("full", "prefix-cache", "query")
+    lines = ["| template tokens | load avg (1 min) before → after | "
+             + " | ".join(f"latency s at {n}: full / cache / query" for n in lengths)
+             + " | time to first token s: full / cache / query | "
+             + " | ".join(f"query-alone speed-up at {n}: vs full / vs cache" for n in lengths) + " |",
+             "|---|---|" + "---|" * (2 * len(lengths) + 1)]
+    for p in sc["points"]:
+        lat = [" / ".join(f"{p['systems'][s][n]['latency_s']['median']:.2f}" for s in systems) for n in lengths]
+        ttft = " / ".join(f"{p['systems'][s][lengths[0]]['ttft_s']['median']:.2f}" for s in systems)
+        up = [f"{p['speedup'][n]['vs_full']:.2f}× / {p['speedup'][n]['vs_prefix-cache']:.2f}×" for n in lengths]
+        lines.append(f"| {p['template_tokens']} | {p['load_average_before'][0]:g} → {p['load_average_after'][0]:g} | "
+                     + " | ".join(lat) + f" | {ttft} | " + " | ".join(up) + " |")
     return "\n".join(lines)
 
 
