@@ -39,7 +39,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     code = code.replace('["task=examples/sql/task.yaml", ', '[' + tiny + '"task=examples/sql/task.yaml", ')
     namespace: dict = {}
     exec(compile(code, str(README), "exec"), namespace)  # noqa: S102  (our own README)
-    assert (tmp_path / "runs" / "sql" / "metrics.json").is_file()
+    assert (tmp_path / "runs" / "sql-api" / "metrics.json").is_file()
     assert namespace["metrics"]
 
 
