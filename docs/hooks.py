@@ -29,6 +29,15 @@ SRC = ROOT / "src" / "promptintern"
 RESULTS = ROOT / "bench" / "results"
 MOUNTED = (".md", ".png", ".svg")  # from bench/: what a page links to and a browser shows
 MARKER = re.compile(r"<!-- generated: ([a-z-]+) -->")
+LINK = re.compile(r"\]\((?!https?:|#)([^)\s]+)\)")
+
+
+def _docs_link(match: re.Match, src_uri: str) -> str:
+    """A link from a mounted bench page: repository-relative into ``docs/`` becomes site-relative."""
+    target = os.path.normpath(os.path.join(os.path.dirname(src_uri), match.group(1)))
+    if not target.startswith("docs/"):
+        return match.group(0)
+    return "](" + os.path.relpath(target.removeprefix("docs/"), os.path.dirname(src_uri)) + ")"
 
 
 def on_files(files: Files, config: Any) -> Files:
@@ -47,7 +56,10 @@ def on_files(files: Files, config: Any) -> Files:
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
-    """Replace ``<!-- generated: NAME -->`` markers in hand-written pages."""
+    """Replace ``<!-- generated: NAME -->`` markers in hand-written pages; in the mounted ``bench/``
+    pages, point links into the repository's ``docs/`` at the same page of the site."""
+    if page.file.src_uri.startswith("bench/"):
+        markdown = LINK.sub(lambda m: _docs_link(m, page.file.src_uri), markdown)
     makers = {"package-map": package_map, "compare-summary": compare_summary, "compare-speed": compare_speed,
               "compare-cost": compare_cost, "scaling-nl2bash": lambda: scaling_table("compare-nl2bash")}
     return MARKER.sub(lambda m: makers[m.group(1)](), markdown)

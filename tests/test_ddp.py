@@ -96,7 +96,7 @@ def _accelerate() -> list[str]:
 
 @pytest.mark.parametrize("launcher", [_torchrun, _accelerate], ids=["torchrun", "accelerate"])
 def test_cli_train_multi_process_fresh_then_resume(tmp_path, launcher):
-    """The README's command on a fresh directory, then --resume from inside the last stage."""
+    """The Scale-out page's command (docs/scale-out.md) on a fresh directory, then --resume from inside the last stage."""
     cfg = _cli_config(tmp_path)
     run_dir = tmp_path / "run"
     fresh = _launch_cli(launcher(), tmp_path, "train", str(cfg))

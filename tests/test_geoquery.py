@@ -98,7 +98,7 @@ def test_template_token_count(tiny_model):
     tokenizer, task = tiny_model[1], get_task("geoquery")  # the tiny model carries the SmolLM2 tokenizer
     n = sum(len(tokenizer(getattr(task.template, p), add_special_tokens=False)["input_ids"])
             for p in ("instruction", "documentation"))
-    assert 1500 <= n <= 2500, n  # the README states the exact figure
+    assert 1500 <= n <= 2500, n  # docs/own-task.md states the exact figure
 
 
 @pytest.mark.parametrize(("config", "split"), [("geoquery.yaml", "question"), ("geoquery-query.yaml", "query")])

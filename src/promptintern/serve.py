@@ -14,7 +14,7 @@ What is served:
   fingerprint covers the adapter, the run config and the base weights, so a retrained run
   is re-exported and an unchanged one is reused;
 - an adapter-only export is refused: ``transformers serve`` loads full models only (vLLM's
-  ``--enable-lora`` serves adapters; see the README).
+  ``--enable-lora`` serves adapters; see docs/deploy.md).
 
 The export's chat template carries the method's served prompt (:mod:`promptintern.exporter`),
 so clients send the raw query. The model id clients must name is the served directory's path
