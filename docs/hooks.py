@@ -29,6 +29,7 @@ SRC = ROOT / "src" / "promptintern"
 RESULTS = ROOT / "bench" / "results"
 MOUNTED = (".md", ".png", ".svg")  # from bench/: what a page links to and a browser shows
 MARKER = re.compile(r"<!-- generated: ([a-z-]+) -->")
+ROLE = re.compile(r":(?:class|func|meth|data|attr|mod|exc|obj):<code>(~?)([\w.]+)</code>")
 LINK = re.compile(r"\]\((?!https?:|#)([^)\s]+)\)")
 
 
@@ -63,6 +64,11 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
     makers = {"package-map": package_map, "compare-summary": compare_summary, "compare-speed": compare_speed,
               "compare-cost": compare_cost, "scaling-nl2bash": lambda: scaling_table("compare-nl2bash")}
     return MARKER.sub(lambda m: makers[m.group(1)](), markdown)
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
+    """Docstrings cite code with Sphinx roles (``:class:`~a.B```); show them as plain code (``B``)."""
+    return ROLE.sub(lambda m: f"<code>{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}</code>", html)
 
 
 def generated_pages() -> dict[str, str]:
