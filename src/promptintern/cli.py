@@ -70,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix-cache", action="store_true", help="reuse the template's KV cache (batch 1)")
     p.add_argument("--no-resume", action="store_true", help="ignore predictions already written")
 
+    p = sub.add_parser("queries", help="collect new, unlabelled queries (logs, held-out training pairs, a "
+                                       "generator) for a teacher to answer; refuses validation/test queries")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="JSONL of {'id', 'query', 'source'} to write")
+    p.add_argument("--logs", default=None, help="JSONL of your own queries, one {'query'[, 'id']} a line")
+    p.add_argument("--from-train", type=int, default=0, metavar="N",
+                   help="N training pairs beyond the labelled data.train_size, answers dropped (benchmarks)")
+    p.add_argument("--generate", default=None, metavar="builtin|MODULE:FUNCTION",
+                   help="the task's own generator (geoquery: value swap) or your hook (labelled, n, seed) -> queries")
+    p.add_argument("--n", type=int, default=0, help="queries the generator writes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out sample and the generator")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+
     p = sub.add_parser("eval", help="score a predictions file against a task's test split")
     p.add_argument("--task", required=True)
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
