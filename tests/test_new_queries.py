@@ -44,7 +44,7 @@ def test_normalise_ignores_case_spacing_and_trailing_punctuation():
 
 def test_query_log_reads_ids_and_refuses_each_malformed_input(tmp_path):
     ok = read_query_log(_write(tmp_path / "ok.jsonl", ['{"query": "a?", "id": "x"}', "", '{"query": "b"}']))
-    assert [(q.id, q.query, q.source) for q in ok] == [("x", "a?", "logs"), ("log-2", "b", "logs")]
+    assert [(q.id, q.query, q.source) for q in ok] == [("x", "a?", "logs"), ("1", "b", "logs")]
     bad = {
         "json": ['{"query": "a"', '{"query": "b"}'],
         "empty": ['{"query": "   "}'],
@@ -167,3 +167,94 @@ def test_queries_cli_writes_once_and_refuses_bad_input_in_one_line(tmp_path, cap
         err = capsys.readouterr().err.strip()
         assert rc != 0 and err.count("\n") == 0 and err.startswith("promptintern: error:"), (name, err)
         assert not target.exists(), name
+
+
+def test_filter_drops_runaways_empty_answers_and_failed_checks(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "t.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE t (x INTEGER)")
+    con.execute("INSERT INTO t VALUES (1)")
+    con.commit()
+    con.close()
+    from promptintern.new_queries import filter_answers, sql_check
+
+    queries = {str(i): f"q{i}" for i in range(5)}
+    rows = [{"id": "0", "prediction": "SELECT x FROM t", "output_tokens": 4},
+            {"id": "1", "prediction": "SELECT x FROM t WHERE x > 5", "output_tokens": 8},
+            {"id": "2", "prediction": "SELECT nope FROM t", "output_tokens": 4},
+            {"id": "3", "prediction": "SELECT x FROM t x x x x", "output_tokens": 10},
+            {"id": "4", "prediction": "  ", "output_tokens": 0}]
+    kept, counts = filter_answers(rows, queries, 10, sql_check(db))
+    assert [r["id"] for r in kept] == ["0"] and kept[0] == {"id": "0", "query": "q0", "answer": "SELECT x FROM t"}
+    assert counts == {"answered": 5, "empty": 1, "hit_cap": 1, "sql_no_rows": 1, "sql_error": 1, "kept": 1}
+    kept, counts = filter_answers(rows, queries, 10, None)
+    assert counts["kept"] == 3
+    from promptintern.new_queries import hook_check
+
+    (tmp_path / "qcheck3.py").write_text("def boom(q, a):\n    raise ValueError('check broke')\n"
+                                         "def short(q, a):\n    return len(a) < 20\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        kept, counts = filter_answers(rows, queries, 10, hook_check("qcheck3:short"))
+        assert [r["id"] for r in kept] == ["0", "2"] and counts["hook"] == 1
+        with pytest.raises(DataError, match="raised ValueError: check broke"):
+            filter_answers(rows, queries, 10, hook_check("qcheck3:boom"))
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tiny_model, tmp_path_factory):
+    """A full-prompt FT run of the tiny model on the SQL example task (3 steps: weights don't matter)."""
+    from pipeline_fixtures import tiny_run_config, write_config
+
+    tmp = tmp_path_factory.mktemp("teacher")
+    cfg = tiny_run_config(tmp / "run", method="full-prompt", schedule={"stages": 1, "k": 1}, baselines=[],
+                          infer={"max_new_tokens": 12, "batch_size": 4, "progress": False})
+    cfg["data"] = {"train_size": 8}
+    assert main(["train", str(write_config(tmp / "c.yaml", cfg))]) == 0
+    return tmp / "run"
+
+
+def test_label_cli_answers_checks_and_resumes_from_the_teachers_predictions(teacher_run, tmp_path, capsys, monkeypatch):
+    queries = _write(tmp_path / "q.jsonl", [json.dumps({"query": f"How many employees work in department {i}?"})
+                                           for i in range(5)])
+    out = tmp_path / "labelled.jsonl"
+    assert main(["label", "--teacher", str(teacher_run), "--queries", str(queries), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    raw = [json.loads(x) for x in (tmp_path / "labelled.jsonl.teacher.jsonl").read_text().splitlines()]
+    assert len(raw) == 5 and f"teacher answered 5, kept {len(out.read_text().splitlines())}" in said
+    # a random tiny model writes no valid SQL: every answer is rejected, and the reasons are counted
+    assert "rejected:" in said
+    # a rerun with another check answers nothing again: the teacher's cached answers are reused
+    (tmp_path / "qcheck.py").write_text("def always(q, a):\n    return True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("promptintern.pipeline.infer_file", lambda *a, **k: pytest.fail("answered twice"))
+    assert main(["label", "--teacher", str(teacher_run), "--queries", str(queries), "--out", str(out),
+                 "--force", "--check", "qcheck:always"]) == 0
+    ended = [r for r in raw if r["prediction"].strip() and r["output_tokens"] < 12]
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [r["id"] for r in ended]
+
+
+def test_label_cli_bad_input_is_one_line_and_writes_nothing(teacher_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "qcheck2.py").write_text("def ok(q, a):\n    return True\n")
+    good = _write(tmp_path / "q.jsonl", [json.dumps({"query": "How many employees are there?"})])
+    cases = {
+        "malformed": ["--queries", str(_write(tmp_path / "bad.jsonl", ['{"query": ']))],
+        "empty": ["--queries", str(_write(tmp_path / "empty.jsonl", ['{"query": ""}']))],
+        "utf8": ["--queries", str(_write(tmp_path / "u.jsonl", [b'{"query": "\xff"}']))],
+        "nohook": ["--queries", str(good), "--check", "qcheck2:missing"],
+        "notrun": ["--queries", str(good), "--teacher", str(tmp_path)],
+    }
+    for name, extra in cases.items():
+        out = tmp_path / f"{name}.out.jsonl"
+        argv = ["label", "--teacher", str(teacher_run), "--out", str(out), *extra]
+        if "--teacher" in extra:
+            argv = ["label", "--out", str(out), *extra]
+        rc = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert rc != 0 and err.count("\n") == 0 and err.startswith("promptintern: error:"), (name, err)
+        assert not out.exists(), name

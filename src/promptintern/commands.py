@@ -123,6 +123,18 @@ def cmd_queries(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    from .new_queries import label_queries
+
+    _threads(args)
+    counts = label_queries(Path(args.teacher), Path(args.queries), Path(args.out), check=args.check,
+                           force=args.force, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    rejected = ", ".join(f"{v} {k}" for k, v in counts.items() if k not in ("answered", "kept") and v)
+    print(f"teacher answered {counts['answered']}, kept {counts['kept']}"
+          + (f" (rejected: {rejected})" if rejected else "") + f" → {args.out}")
+    return 0
+
+
 def _eval_task(args: argparse.Namespace) -> Any:
     """The task to score against, with its ``--task-option KEY=VALUE`` options (e.g. geoquery's split)."""
     from .configtools import apply_overrides

@@ -88,7 +88,7 @@ def read_query_log(path: str | os.PathLike[str]) -> list[NewQuery]:
         query = obj["query"]
         if not isinstance(query, str) or not query.strip():
             raise DataError(f"{p}: record {n}: 'query' must be a non-empty string")
-        qid = str(obj.get("id", f"log-{n}"))
+        qid = str(obj.get("id", n - 1))  # as `promptintern infer` names a query without an id
         if qid in seen:
             raise DataError(f"{p}: record {n}: id {qid!r} appears twice")
         seen.add(qid)
@@ -224,3 +224,118 @@ def write_queries(found: NewQuerySet, out: str | os.PathLike[str], force: bool =
     write_jsonl(target, ({"id": q.id, "query": q.query, "source": q.source} for q in found.queries))
     return target
 
+
+
+# ---------------------------------------------------------------- the teacher's answers and their check
+
+
+AnswerCheck = Callable[[str, str], "str | None"]  # (query, answer) -> why it is rejected, or None
+
+
+def sql_check(database: str | os.PathLike[str]) -> AnswerCheck:
+    """Keep an SQL answer only when it runs read-only on ``database`` and returns at least one row."""
+    from .evaluate.sql import QueryError, open_readonly, prediction_sql, run_query
+
+    con = open_readonly(database)
+
+    def check(_query: str, answer: str) -> str | None:
+        try:
+            rows = run_query(con, prediction_sql(answer))
+        except QueryError:
+            return "sql_error"
+        return None if rows else "sql_no_rows"
+
+    return check
+
+
+def hook_check(ref: str) -> AnswerCheck:
+    """A user's ``module:function(query, answer) -> bool`` as a check; its exceptions are one line."""
+    fn = load_hook(ref)
+
+    def check(query: str, answer: str) -> str | None:
+        try:
+            return None if fn(query, answer) else "hook"
+        except Exception as exc:  # the user's check failed: one line, nothing written
+            raise DataError(f"answer check {ref!r} raised {type(exc).__name__}: {exc}") from exc
+
+    return check
+
+
+def task_check(task: Task, data_dir: str | None, hook: str | None) -> AnswerCheck | None:
+    """The check for ``task``'s answers: the hook when given, else SQL execution for SQL tasks, else none."""
+    if hook:
+        return hook_check(hook)
+    if task.metric != "sql_execution":
+        return None
+    from .evaluate.sql import databases_of
+
+    databases = sorted(set(databases_of(task.load_split("train", data_dir))))
+    if len(databases) != 1:
+        raise DataError(f"task {task.name}: the SQL check needs one database, found {len(databases)}; "
+                        "give an answer check hook 'module:function' instead")
+    return sql_check(databases[0])
+
+
+def filter_answers(
+    rows: Sequence[dict[str, Any]], queries: dict[str, str], max_new_tokens: int, check: AnswerCheck | None
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The teacher's answers worth learning from, and how many each test rejected.
+
+    An answer that ran to ``max_new_tokens`` did not end by itself (a runaway, not an answer); an
+    empty one says nothing; then the task's check. Counts: ``answered``, one per rejection, ``kept``.
+    """
+    counts = {"answered": len(rows), "empty": 0, "hit_cap": 0, "kept": 0}
+    kept = []
+    for row in rows:
+        answer = str(row.get("prediction") or "").strip()
+        reason = ("empty" if not answer else "hit_cap" if int(row["output_tokens"]) >= max_new_tokens
+                  else check(queries[str(row["id"])], answer) if check else None)
+        if reason:
+            counts[reason] = counts.get(reason, 0) + 1
+            continue
+        kept.append({"id": str(row["id"]), "query": queries[str(row["id"])], "answer": answer})
+    counts["kept"] = len(kept)
+    return kept, counts
+
+
+def label_queries(
+    teacher_run: Path, queries_path: Path, out: Path, *, check: str | None = None, force: bool = False,
+    batch_size: int | None = None, max_new_tokens: int | None = None,
+) -> dict[str, int]:
+    """The teacher run answers each query with its own (full) prompt; the checked answers go to ``out``.
+
+    The teacher's raw answers are cached beside ``out`` (``<out>.teacher.jsonl``, keyed in
+    ``<out>.teacher.json`` by the teacher's identity, the queries file's content and the length cap):
+    an interrupted labelling resumes, and a rerun with another check answers nothing again. Each kept
+    row is ``{"id", "query", "answer", "source": "teacher", "teacher": <identity>}``, the format of a
+    task's training file, so a task spec can train a student on it.
+    """
+    from .config import load_config
+    from .identity import adapter_identity, file_digest
+    from .io import read_json, write_json, write_jsonl
+    from .pipeline import infer_file, load_data
+
+    teacher_run, out = Path(teacher_run), Path(out)
+    if out.exists() and not force:
+        raise DataError(f"{out} exists; choose another --out or pass --force to replace it")
+    if not (teacher_run / "config.yaml").is_file():
+        raise DataError(f"{teacher_run} is not a promptintern run directory (no config.yaml)")
+    queries = {q.id: q.query for q in read_query_log(queries_path)}
+    cfg = load_config(str(teacher_run / "config.yaml"))
+    task, _, _ = load_data(cfg)
+    answer_check = task_check(task, cfg.data_dir, check)  # fails before any model work
+    adapter = teacher_run / "adapter"
+    teacher = adapter_identity(adapter) if adapter.is_dir() else cfg.model
+    raw, meta = out.with_name(out.name + ".teacher.jsonl"), out.with_name(out.name + ".teacher.json")
+    key = {"teacher": teacher, "queries": file_digest(Path(queries_path)), "max_new_tokens": max_new_tokens}
+    cached = read_json(meta) if meta.is_file() and raw.is_file() else None
+    if cached is None or cached.get("key") != key:
+        meta.unlink(missing_ok=True)
+        raw.unlink(missing_ok=True)
+        stats = infer_file(teacher_run, Path(queries_path), raw, batch_size=batch_size, max_new_tokens=max_new_tokens)
+        cached = {"key": key, "max_new_tokens": int(stats["max_new_tokens"])}
+        write_json(meta, cached)
+    rows = list(iter_jsonl(raw, required=("id", "prediction", "output_tokens")))
+    kept, counts = filter_answers(rows, queries, cached["max_new_tokens"], answer_check)
+    write_jsonl(out, ({**r, "source": "teacher", "teacher": teacher} for r in kept))
+    return counts
