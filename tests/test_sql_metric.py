@@ -313,3 +313,32 @@ def test_user_metric_with_a_wrong_return_is_one_line(tmp_path):
     task = _user_task(tmp_path, "bad_length")
     with pytest.raises(ConfigError, match="returned 1 per-item scores for 4 predictions"):
         score(task.metric, {}, task.load_split("test"), bootstrap=0)
+
+
+def test_schema_unseen_slice_names_items_using_a_table_or_column_training_never_used(tmp_path):
+    import sqlite3
+
+    from promptintern.evaluate.sql import schema_names, schema_terms, schema_unseen
+
+    db = tmp_path / "s.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript("CREATE TABLE city (name TEXT, pop INT); CREATE TABLE river (rname TEXT, length INT);")
+    con.close()
+    names = schema_names(db)
+    assert names == {"CITY", "NAME", "POP", "RIVER", "RNAME", "LENGTH"}
+    assert schema_terms("SELECT name FROM city WHERE name = 'river pop'", names) == {"NAME", "CITY"}
+    train = ["SELECT name FROM city", "SELECT COUNT(*) FROM city WHERE pop > 5"]
+    test = ["SELECT pop FROM city", "SELECT rname FROM river", "SELECT MAX(length) FROM city"]
+    assert schema_unseen(test, train, names) == [False, True, True]
+
+
+def test_geoquery_query_split_has_a_schema_unseen_slice(geoquery_data_dir):
+    from promptintern.evaluate.sql import schema_names, schema_unseen
+    from promptintern.tasks import get_task
+
+    task = get_task("geoquery", split="query")
+    train, test = task.load_split("train", geoquery_data_dir), task.load_split("test", geoquery_data_dir)
+    names = schema_names(test[0].meta["database"])
+    unseen = schema_unseen([i.answer for i in test], [i.answer for i in train[:120]], names)
+    assert 0 < sum(unseen) < len(test)
+    assert not any(schema_unseen([i.answer for i in train[:120]], [i.answer for i in train[:120]], names))

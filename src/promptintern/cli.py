@@ -70,6 +70,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix-cache", action="store_true", help="reuse the template's KV cache (batch 1)")
     p.add_argument("--no-resume", action="store_true", help="ignore predictions already written")
 
+    p = sub.add_parser("queries", help="collect new, unlabelled queries (logs, held-out training pairs, a "
+                                       "generator) for a teacher to answer; refuses validation/test queries")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="JSONL of {'id', 'query', 'source'} to write")
+    p.add_argument("--logs", default=None, help="JSONL of your own queries, one {'query'[, 'id']} a line")
+    p.add_argument("--from-train", type=int, default=0, metavar="N",
+                   help="N training pairs beyond the labelled data.train_size, answers dropped (benchmarks)")
+    p.add_argument("--generate", default=None, metavar="builtin|MODULE:FUNCTION",
+                   help="the task's own generator (geoquery: value swap) or your hook (labelled, n, seed) -> queries")
+    p.add_argument("--n", type=int, default=0, help="queries the generator writes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out sample and the generator")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+
+    p = sub.add_parser("label", help="a teacher run answers new queries with its own (full) prompt; "
+                                     "answers that ran to the length cap or fail the task's check are dropped")
+    p.add_argument("--teacher", required=True, help="run directory of the teacher (e.g. a full-prompt FT run)")
+    p.add_argument("--queries", required=True, help="JSONL of {'query'[, 'id']} (e.g. from 'promptintern queries')")
+    p.add_argument("--out", required=True, help="JSONL of {'id', 'query', 'answer', 'source', 'teacher'} to write")
+    p.add_argument("--check", default=None, metavar="MODULE:FUNCTION",
+                   help="your answer check (query, answer) -> bool (default: SQL tasks run the answer on "
+                        "their database and need a row)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+
     p = sub.add_parser("eval", help="score a predictions file against a task's test split")
     p.add_argument("--task", required=True)
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",

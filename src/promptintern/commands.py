@@ -100,6 +100,41 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_queries(args: argparse.Namespace) -> int:
+    from .new_queries import NewQueryArgs, collect, write_queries
+    from .pipeline import load_data
+
+    spec = NewQueryArgs(queries=args.logs, from_train=args.from_train, generate=args.generate,
+                        generate_n=args.n, seed=args.seed)
+    spec.validate()
+    if not spec.enabled:
+        raise DataError("no source of new queries: give --logs, --from-train and/or --generate with --n")
+    cfg = _config(args)
+    task, labelled, test = load_data(cfg)
+    held_out = {"test": task.load_split("test", cfg.data_dir)}
+    if task.has_split("validation"):
+        held_out["validation"] = task.load_split("validation", cfg.data_dir)
+    found = collect(spec, task, task.load_split("train", cfg.data_dir), labelled, held_out, cfg.data_dir)
+    target = write_queries(found, args.out, force=args.force)
+    for source, c in found.counts.items():
+        print(f"{source}: {c['found']} found, {c['duplicates']} duplicates, "
+                         f"{c['leaking']} equal to held-out queries (dropped), {c['kept']} kept")
+    print(f"{len(found.queries)} new queries → {target}")
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from .new_queries import label_queries
+
+    _threads(args)
+    counts = label_queries(Path(args.teacher), Path(args.queries), Path(args.out), check=args.check,
+                           force=args.force, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    rejected = ", ".join(f"{v} {k}" for k, v in counts.items() if k not in ("answered", "kept") and v)
+    print(f"teacher answered {counts['answered']}, kept {counts['kept']}"
+          + (f" (rejected: {rejected})" if rejected else "") + f" → {args.out}")
+    return 0
+
+
 def _eval_task(args: argparse.Namespace) -> Any:
     """The task to score against, with its ``--task-option KEY=VALUE`` options (e.g. geoquery's split)."""
     from .configtools import apply_overrides

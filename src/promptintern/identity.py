@@ -28,6 +28,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .model_names import classify, recipe
+
 CACHE_ENV = "PROMPTINTERN_CACHE"
 _DIGEST_VERSION = 1
 
@@ -167,14 +169,12 @@ def model_identity(name_or_path: str | os.PathLike[str]) -> str:
     directory hashes config.json and the whole content of every weight file; a PEFT adapter
     directory hashes its config and weights plus the identity of the base model it names.
     """
-    from .models import _classify, _recipe  # models imports torch; identities of configs do not need it
-
     path = Path(str(name_or_path)).expanduser()
     if path.is_dir() and (path / "adapter_config.json").is_file():
         return adapter_identity(path)
-    kind, value = _classify(name_or_path)
+    kind, value = classify(name_or_path)
     if kind == "alias":
-        return files_identity(kind, [], [json.dumps(_recipe(value), sort_keys=True)])
+        return files_identity(kind, [], [json.dumps(recipe(value), sort_keys=True)])
     if kind == "hub":
         return files_identity(kind, [], [value])
     return files_identity("dir", directory_files(Path(value)))

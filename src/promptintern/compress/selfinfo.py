@@ -42,82 +42,12 @@ from typing import Any
 from ..errors import ModelError
 from ..identity import model_identity
 from .base import ResultCache, check_rate, sha256_text, trivial_result
+from .layout import Layout, Unit, layout
+from .structure import answer_identifiers, structured_layout
 
 ALGO_VERSION = 1  # bump when the selection changes, so stale cache entries are not reused
-_WORD = re.compile(r"\s*\S+")
-_MARKER = re.compile(r"(?:[-*+•>]|#{1,6}|\d{1,3}[.)]|\(?[A-Za-z0-9]\))")
-_FENCE = re.compile(r"\s*(?:```|~~~)")
 _MAX_CORRECTIONS = 8
 _PREFER_BOOST = 1e6  # above any self-information, so preferred units rank first
-
-
-@dataclass(frozen=True)
-class Unit:
-    """A word with its leading whitespace: ``text[start:end]``; the word itself starts at ``word``."""
-
-    start: int
-    word: int
-    end: int
-    line: int
-    kind: str  # "word" | "marker" (list/heading marker) | "fence" (code fence line)
-
-
-@dataclass
-class Layout:
-    """The units of a text and the structure that ties them together.
-
-    ``groups[g]`` are units kept together (a line's marker, a code block's two fences);
-    ``needs[u]`` are the groups that keeping unit ``u`` brings along.
-    """
-
-    text: str
-    lines: list[tuple[int, int]]
-    units: list[Unit]
-    groups: list[list[int]]
-    needs: list[tuple[int, ...]]
-
-
-def layout(text: str) -> Layout:
-    """Split ``text`` into units and structural groups (pure; see the module docstring)."""
-    lines: list[tuple[int, int]] = []
-    pos = 0
-    for raw in text.split("\n"):
-        lines.append((pos, pos + len(raw)))
-        pos += len(raw) + 1
-    units: list[Unit] = []
-    groups: list[list[int]] = []
-    needs: list[tuple[int, ...]] = []
-    fence_group: int | None = None  # the open code block's group, if inside one
-    for li, (a, b) in enumerate(lines):
-        line = text[a:b]
-        matches = list(_WORD.finditer(line))
-        if not matches:
-            continue
-        if _FENCE.match(line):
-            opening = fence_group is None
-            if opening:  # a new code block; its closing fence joins the same group
-                groups.append([])
-                fence_group = len(groups) - 1
-            for m in matches:
-                groups[fence_group].append(len(units))
-                units.append(Unit(a + m.start(), a + m.end() - len(m.group().lstrip()), a + m.end(), li, "fence"))
-                needs.append((fence_group,))
-            if not opening:
-                fence_group = None
-            continue
-        outer = () if fence_group is None else (fence_group,)
-        line_needs = outer
-        for i, m in enumerate(matches):
-            word = a + m.end() - len(m.group().lstrip())
-            if i == 0 and len(matches) > 1 and _MARKER.fullmatch(m.group().strip()):
-                groups.append([len(units)])
-                line_needs = (*outer, len(groups) - 1)
-                units.append(Unit(a + m.start(), word, a + m.end(), li, "marker"))
-                needs.append(line_needs)
-                continue
-            units.append(Unit(a + m.start(), word, a + m.end(), li, "word"))
-            needs.append(line_needs)
-    return Layout(text, lines, units, groups, needs)
 
 
 def forced_units(lay: Layout, force_keep: Sequence[str]) -> set[int]:
@@ -244,7 +174,6 @@ def compress_scored(
     if structure == "words":
         lay, must = layout(text), set()
     else:
-        from .structure import structured_layout
 
         lay, must = structured_layout(text, structure)
     costs, values = unit_token_stats(lay, offsets, scores)
@@ -344,7 +273,6 @@ class SelfInfoCompressor:
             out = text if rate >= 1.0 else ""
             n = self.count(text)
             return Compression(out, self.count(out), n, round(rate * n), 0)
-        from .structure import answer_identifiers
 
         prefer = answer_identifiers(self.answers, text) if self.answers else []
         cache = ResultCache(self.cache_dir, "selfinfo")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from .selfinfo import _FENCE, _MARKER, _WORD, Layout, Unit
+from .layout import FENCE, MARKER, WORD, Layout, Unit
 
 _CODE_CHARS = re.compile(r"[()\[\]{};=]")
 _BACKTICKS = re.compile(r"`[^`\n]+`")
@@ -77,7 +77,7 @@ def statements(text: str) -> list[list[int]]:
     fence = [False] * len(lines)
     inside = False
     for i, line in enumerate(lines):
-        if _FENCE.match(line):
+        if FENCE.match(line):
             inside = not inside
         elif inside:
             fence[i] = True
@@ -89,7 +89,7 @@ def statements(text: str) -> list[list[int]]:
             continue
         block, depth, base = [i], _depth_change(_split_comment(lines[i])[0]), _indent(lines[i])
         j = i + 1
-        while j < len(lines) and lines[j].strip() and not _FENCE.match(lines[j]):
+        while j < len(lines) and lines[j].strip() and not FENCE.match(lines[j]):
             prev = _split_comment(lines[block[-1]])[0].rstrip()
             if depth > 0 or prev.endswith((",", "\\")) or _indent(lines[j]) > base:
                 block.append(j)
@@ -131,11 +131,11 @@ def structured_layout(text: str, mode: str) -> tuple[Layout, set[int]]:
 
     def words(a: int, segment: str, li: int, need: tuple[int, ...]) -> None:
         """Word units; a leading comment or list marker is kept exactly when a word after it is."""
-        matches = list(_WORD.finditer(segment))
+        matches = list(WORD.finditer(segment))
         for i, m in enumerate(matches):
             start, word, end = a + m.start(), a + m.end() - len(m.group().lstrip()), a + m.end()
             if i == 0 and len(matches) > 1 and (_COMMENT.fullmatch(m.group().strip())
-                                                or _MARKER.fullmatch(m.group().strip())):
+                                                or MARKER.fullmatch(m.group().strip())):
                 groups.append([add(start, word, end, li, "marker", need)])
                 need = (*need, len(groups) - 1)
                 continue
@@ -145,7 +145,7 @@ def structured_layout(text: str, mode: str) -> tuple[Layout, set[int]]:
         line = text[a:b]
         if not line.strip():
             continue
-        if _FENCE.match(line):  # a fence is kept (with its partner) exactly when its block keeps a line
+        if FENCE.match(line):  # a fence is kept (with its partner) exactly when its block keeps a line
             if fence_group is None:
                 groups.append([])
                 fence_group = len(groups) - 1

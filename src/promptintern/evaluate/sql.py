@@ -236,3 +236,41 @@ def execution_accuracy(predictions: list[str | None], instances: list[Any], *, b
         "gold_failed_ids": failed,
         "sql_limits": asdict(limits),
     }
+
+
+# ---------------------------------------------------------------- the schema-unseen slice
+
+
+def schema_names(database: str | Path) -> frozenset[str]:
+    """Upper-cased names of the database's tables and columns (what a query can mention).
+
+    Read over a plain read-only connection: only these fixed statements run on it, no model output.
+    """
+    p = Path(database).resolve()
+    if not p.is_file():
+        raise DataError(f"SQLite database not found: {p}")
+    con = sqlite3.connect(f"file:{quote(str(p))}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        columns = [r[1] for t in tables for r in con.execute(f'PRAGMA table_info("{t}")')]
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"{p}: cannot read its schema ({exc})") from exc
+    finally:
+        con.close()
+    return frozenset(n.upper() for n in [*tables, *columns])
+
+
+def schema_terms(sql: str, names: frozenset[str]) -> frozenset[str]:
+    """The tables and columns ``sql`` mentions (tokens equal to a schema name; string literals ignored)."""
+    words = {t.strip('"`[]').upper() for t in sql_tokens(sql) if not t.startswith("'")}
+    return frozenset(words & names)
+
+
+def schema_unseen(test_golds: Iterable[str], train_golds: Iterable[str], names: frozenset[str]) -> list[bool]:
+    """Per test gold query: whether it mentions a table or column that no training gold query mentions.
+
+    Internalizing a schema should lift exactly these items: a model that learned only the labelled
+    pairs has never written those names.
+    """
+    seen = frozenset().union(*(schema_terms(g, names) for g in train_golds))
+    return [bool(schema_terms(g, names) - seen) for g in test_golds]

@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..prompt import Prompt, PromptFormat, Template
 
 SPLITS = ("train", "validation", "test")
@@ -42,6 +42,17 @@ class Task(ABC):
     def has_split(self, split: str) -> bool:
         """Whether the task has data for ``split`` (a built-in task has all of :data:`SPLITS`)."""
         return split in SPLITS
+
+    def generate_queries(
+        self, labelled: list[Instance], n: int, seed: int, data_dir: str | os.PathLike[str] | None = None
+    ) -> list[str]:
+        """``n`` new queries written from the ``labelled`` ones, for a teacher to answer.
+
+        A task knows how its queries vary (GeoQuery's typed values); one without such knowledge says so,
+        and the user names a generator hook instead.
+        """
+        raise ConfigError(f"task {self.name} has no built-in query generator; "
+                          "set new_queries.generate to a hook 'module:function'")
 
     def prompt(self, query: str, examples: tuple = (), template: Template | None = None) -> Prompt:
         """A prompt for ``query`` with this task's (or the given) template."""

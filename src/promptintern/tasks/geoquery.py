@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import re
 import sqlite3
 from dataclasses import dataclass, field
@@ -88,6 +89,13 @@ COLUMN_NOTES = {
     ("LAKE", "AREA"): "total area of the lake in square km",
     ("LAKE", "STATE_NAME"): "a state the lake touches",
     ("LAKE", "COUNTRY_NAME"): 'always "usa"',
+}
+# Where each typed placeholder's values live in the database (the value-swap generator draws from here).
+VALUE_COLUMNS = {
+    "state_name": ("STATE", "STATE_NAME"), "capital": ("STATE", "CAPITAL"), "city_name": ("CITY", "CITY_NAME"),
+    "river_name": ("RIVER", "RIVER_NAME"), "mountain_name": ("MOUNTAIN", "MOUNTAIN_NAME"),
+    "highest_point": ("HIGHLOW", "HIGHEST_POINT"), "lowest_point": ("HIGHLOW", "LOWEST_POINT"),
+    "country_name": ("STATE", "COUNTRY_NAME"),
 }
 FOREIGN_KEYS = {("STATE", "CAPITAL"): "CITY.CITY_NAME"}  # every other foreign key is STATE.STATE_NAME
 _PLACEHOLDER_CHARS = "A-Za-z0-9_"
@@ -171,6 +179,64 @@ class GeoQueryTask(Task):
         if key not in self._splits:
             self._splits[key] = build_instances(read_entries(root / JSON_FILE), self.split, key / DB_FILE)
         return list(self._splits[key][split])
+
+
+    def generate_queries(
+        self, labelled: list[Instance], n: int, seed: int, data_dir: str | os.PathLike[str] | None = None
+    ) -> list[str]:
+        """Value swap: the labelled questions' wordings with their typed values replaced by others.
+
+        A question such as "what cities are in state_name0" is refilled with other states of the
+        database, so the new queries keep the task's wordings but ask about things no labelled pair
+        asks about. Only labelled questions are used as patterns; held-out ones are never read.
+        """
+        root = resolve_data_dir(data_dir, [JSON_FILE, DB_FILE])
+        patterns = question_patterns(read_entries(root / JSON_FILE), [i.id for i in labelled])
+        return value_swap(patterns, column_values(root / DB_FILE), n, seed)
+
+
+# ---------------------------------------------------------------- value-swap generator
+
+
+def question_patterns(entries: list[dict[str, Any]], ids: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """For each ``geoquery-<entry>-<question>`` id, its wording and placeholder types (placeholders only)."""
+    out = []
+    for qid in ids:
+        m = re.fullmatch(r"geoquery-(\d+)-(\d+)", qid)
+        if m is None:
+            continue
+        entry = entries[int(m.group(1))]
+        text = entry["sentences"][int(m.group(2))]["text"]
+        types = {v["name"]: v["type"] for v in entry.get("variables", []) if v.get("type") in VALUE_COLUMNS}
+        used = {name: kind for name, kind in types.items() if re.search(rf"(?<![{_PLACEHOLDER_CHARS}]){name}(?![{_PLACEHOLDER_CHARS}])", text)}
+        if used:
+            out.append((text, used))
+    return out
+
+
+def column_values(database: Path) -> dict[str, list[str]]:
+    """Every distinct value of each placeholder type, read from the database (read-only)."""
+    con = sqlite3.connect(f"file:{database.resolve()}?mode=ro", uri=True)
+    try:
+        return {
+            kind: [r[0] for r in con.execute(f"SELECT DISTINCT {col} FROM {table} WHERE {col} IS NOT NULL ORDER BY 1")]
+            for kind, (table, col) in VALUE_COLUMNS.items()
+        }
+    finally:
+        con.close()
+
+
+def value_swap(patterns: list[tuple[str, dict[str, str]]], values: dict[str, list[str]], n: int, seed: int) -> list[str]:
+    """Up to ``n`` distinct questions: a seeded pattern, each placeholder a seeded value of its type."""
+    rng = random.Random(seed)
+    out: dict[str, None] = {}
+    for _ in range(50 * n if patterns else 0):
+        if len(out) >= n:
+            break
+        text, types = rng.choice(patterns)
+        filled = fill_variables(text, {name: rng.choice(values[kind]) for name, kind in types.items()})
+        out.setdefault(" ".join(filled.split()), None)
+    return list(out)
 
 
 # ---------------------------------------------------------------- documentation generator
