@@ -200,7 +200,10 @@ def decode_values(message: bytes, n: int) -> list[Any]:
     if not isinstance(raw, list) or len(raw) != n:
         raise ValueError(f"expected {n} values")
     budget = [MAX_NODES]
-    return [_top(item, budget) for item in raw]
+    try:
+        return [_top(item, budget) for item in raw]
+    except (TypeError, OverflowError, RecursionError) as exc:  # e.g. an unhashable set member
+        raise ValueError(f"malformed value ({type(exc).__name__}: {exc})") from None
 
 
 def _top(item: Any, budget: list[int]) -> Any:
