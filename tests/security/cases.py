@@ -405,6 +405,40 @@ def _forking_memory(level: str) -> Outcome:
     return failed_in_time(res, in_time, ("memory limit" in res.detail, f"not stopped by the memory cap ({res.detail})"))
 
 
+SOCKET_BOMB = r'''
+import os, socket, time
+def fill(target):
+    keep, total = [], 0
+    while total < target:
+        try:
+            a, b = socket.socketpair()
+        except OSError:
+            break
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 30)
+        a.setblocking(False)
+        try:
+            while True:
+                total += a.send(b"x" * 65536)
+        except OSError:
+            pass
+        keep.append((a, b))
+    print("queued MiB", total >> 20, flush=True)
+    time.sleep(30)
+for _ in range(2):
+    if os.fork() == 0:
+        fill(600 << 20)
+        os._exit(0)
+fill(600 << 20)
+'''
+
+
+def _socketpair_bomb(level: str) -> Outcome:
+    """3 processes x 600 MiB queued in socketpairs (kernel memory, not resident): killed at a 256 MiB cap."""
+    res, _ = submit(level, RIGHT + SOCKET_BOMB, limits(memory_mb=256, timeout_s=10, cpu_s=10))
+    return failed_in_time(res, res.wall_s < 8, ("memory limit" in res.detail, f"not stopped by the memory cap "
+                                                                             f"({res.status}: {res.detail})"))
+
+
 def _fork_bomb(level: str) -> Outcome:
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     res, in_time = submit(level, code)
@@ -449,6 +483,8 @@ CASES = [
     Case("corrupt_other_items", "write forged results into every pipe it can name while other items run",
          _corrupt_other_items, harms_uncontained=True),
     Case("forking_memory", "4 children x 100 MiB under a 256 MiB cap", _forking_memory),
+    Case("socketpair_bomb", "3 processes x 600 MiB queued in socketpairs under a 256 MiB cap", _socketpair_bomb,
+         harms_uncontained=True),
     Case("fork_bomb", "fork until it fails", _fork_bomb, harms_uncontained=True),
     Case("huge_output", "print 1 GiB", _huge_output),
 ]

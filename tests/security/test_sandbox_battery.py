@@ -89,7 +89,7 @@ def test_the_process_level_lets_a_forgery_pass():
     This is what makes the forgery cases meaningful (the attack code works when nothing stops it)
     and why that level is used only on request.
     """
-    outcome = CASES_BY_NAME["forge_nonce_from_child_process"].run("process")
+    outcome = CASES_BY_NAME["expected_values_from_host_disk"].run("process")
     assert not outcome.contained and "scored as passed" in outcome.evidence
 
 
