@@ -90,34 +90,43 @@ def _encode(value, depth, budget):
 
 
 def _main_calls(fd_in, fd_out):
+    # Bound before the candidate runs, so that patching os or json only spoils its own claims, not the exit.
+    write, exit_, dumps, eval_, encode = os.write, os._exit, json.dumps, eval, _encode
     payload = _read_payload(fd_in)
-    os.write(fd_out, b"R")
+    write(fd_out, b"R")
     ns = {"__name__": "__main__", "__builtins__": builtins}
     try:
-        exec(compile(payload["code"], "<solution>", "exec"), ns)
-        exec(compile(payload["setup"], "<setup>", "exec"), ns)
+        code = compile(payload["code"], "<solution>", "exec")
+        setup = compile(payload["setup"], "<setup>", "exec")
         calls = [compile(src, "<test call>", "eval") for src in payload["calls"]]
+        exec(code, ns)
+        exec(setup, ns)
     except BaseException as exc:
         os.write(2, _describe(exc, "solution").encode("utf-8", "replace"))
         os._exit(1)
     out, budget = [], [MAX_NODES]
     for call in calls:
         try:
-            value = eval(call, ns)
+            value = eval_(call, ns)
         except BaseException as exc:
             out.append(["E", type(exc).__name__[:100]])
             continue
         try:
-            out.append(_encode(value, 0, budget))
+            out.append(encode(value, 0, budget))
         except BaseException as exc:
             out.append(["!", str(exc)[:200]])
-    data = json.dumps(out).encode("ascii")
-    if len(data) > MAX_BYTES:
-        data = json.dumps([["!", "results too large"]] * len(out)).encode("ascii")
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd_out, view):]
-    os._exit(0)
+    try:
+        data = dumps(out).encode("ascii")
+        if len(data) > MAX_BYTES:
+            data = dumps([["!", "results too large"]] * len(out)).encode("ascii")
+        view = memoryview(data)
+        while view:
+            n = write(fd_out, view)
+            if not n:
+                break
+            view = view[n:]
+    finally:
+        exit_(0)
 
 
 def _main_raw(fd_in, fd_out):
