@@ -7,15 +7,14 @@
     only, no ``/proc``, no raw-memory modules (:mod:`.bwrap` builds it). The child never runs as
     root: as root on the host, the bootstrap drops to a fresh unprivileged uid per run
     (``setresuid``, which also makes the process non-dumpable); as a normal user it keeps the
-    caller's own non-zero uid. A seccomp filter (:mod:`.seccomp`) refuses ``ptrace``,
-    ``process_vm_readv``, mounts and new namespaces for every process of the run. The network is a
-    private loopback. All descendants die with the pid namespace; their resident memory is counted
-    as one tree (:mod:`.watch`).
+    caller's own non-zero uid. A seccomp filter (:mod:`.seccomp`) refuses ``ptrace``, mounts, new
+    namespaces, ``io_uring`` and socket families other than unix/IPv4/IPv6 for every process of the
+    run. The network is a private loopback. All descendants die with the pid namespace.
 ``process`` (explicit opt-in only; *not contained*)
     a plain child process with the same rlimits, a process group that is killed, and a fresh uid
     when running as root and the interpreter is readable to it. It can read and write whatever the
-    uid can, reach the network, and (when no uid drop is possible) read its own memory and forge a
-    pass. It is used only when the user asks for it (``eval.sandbox: process`` or
+    uid can (the data set's expected values included), reach the network, and (when no uid drop is
+    possible) read the evaluator's memory. It is used only when the user asks for it (``eval.sandbox: process`` or
     ``--unsafe-sandbox``), and the level is then printed in the results table and stored in
     metrics.json.
 
@@ -24,8 +23,8 @@ interpreter the sandbox uid cannot read), :class:`SandboxUnavailable` says what 
 to get it, in one line. There is no silent fallback.
 
 At both levels: rlimits (address space, data, CPU seconds, file size, process count, open files,
-no core dumps), a resident-memory cap for the whole process tree of a run (polled from the host's
-``/proc``), a new session whose process group is killed when the run ends (also on success), stdin
+no core dumps), a memory cap for the whole process tree of a run (resident pages plus what its
+sockets can queue, polled from the host's ``/proc`` by :mod:`.watch`), a new session whose process group is killed when the run ends (also on success), stdin
 at EOF, a minimal environment, stdout/stderr read with a cap (the run is killed beyond it), a
 wall-clock timeout. A failure of one run's machinery is that item's ``error``, never the end of the
 evaluation.
@@ -88,7 +87,7 @@ class SandboxLimits:
     """Resource limits of one sandboxed run."""
 
     timeout_s: float = field(default=10.0, metadata={"help": "Wall-clock limit, seconds; the run is killed after it."})
-    memory_mb: int = field(default=1024, metadata={"help": "Address space per process, and resident memory of the run's whole process tree, MiB."})
+    memory_mb: int = field(default=1024, metadata={"help": "Address space per process; resident memory plus socket buffers of the run's whole process tree, MiB."})
     cpu_s: int = field(default=10, metadata={"help": "CPU-time limit per process, seconds (SIGXCPU, then SIGKILL)."})
     max_procs: int = field(default=32, metadata={"help": "Processes+threads the sandbox uid may have (RLIMIT_NPROC)."})
     max_output_bytes: int = field(default=64_000, metadata={"help": "Bytes kept per stream; the run is killed beyond it."})
