@@ -28,7 +28,7 @@ from promptintern.evaluate.sandbox import (
     SandboxUnavailable,
     sandbox_capabilities,
 )
-from promptintern.evaluate.watch import tree_rss_bytes
+from promptintern.evaluate.watch import socket_cost_bytes, tree_memory_bytes, tree_rss_bytes
 from promptintern.tasks.base import Instance
 
 from .cases import CASES, CASES_BY_NAME, CHECKS, TIMEOUT_S, WRONG
@@ -112,6 +112,19 @@ def test_tree_memory_counts_children():
             time.sleep(0.05)
         assert tree_rss_bytes(os.getpid()) >= 64 * 2**20
         assert tree_rss_bytes(child.pid) < tree_rss_bytes(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_tree_memory_charges_each_socket_at_its_most_queued_bytes():
+    """Socket buffers are kernel memory, not resident: the watch charges every socket fd of the tree."""
+    code = "import socket, time\npairs = [socket.socketpair() for _ in range(10)]\nprint('ready', flush=True)\ntime.sleep(3)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        charged = tree_memory_bytes(child.pid, socket_cost_bytes()) - tree_rss_bytes(child.pid)
+        assert abs(charged - 20 * socket_cost_bytes()) < 2**20 and socket_cost_bytes() > 0
     finally:
         child.kill()
         child.wait()

@@ -1,10 +1,10 @@
 """A seccomp filter for the sandbox: the system calls that read another process's memory or build a way out.
 
 bubblewrap loads it (``bwrap --seccomp FD``) for the whole sandboxed process tree, after its own
-setup and before the interpreter starts, so no code inside can remove it. It exists because the
-pass nonce lives in the checking process: without it a sibling (a ``gdb -p`` or a small C
-program started by the solution) could attach to that process with ``ptrace`` or read it with
-``process_vm_readv`` whenever the kernel would allow it for the same uid. The filter also refuses
+setup and before the interpreter starts, so no code inside can remove it. The verdict no longer
+depends on it (nothing secret lives in the sandbox; see :mod:`.oracle`); it narrows the kernel
+surface the code can reach: no ``ptrace`` or ``process_vm_readv`` of a sibling (a ``gdb -p`` or a
+small C program started by the solution), whatever the kernel would allow for the same uid. It also refuses
 new namespaces and mounts (``unshare --map-root-user``, ``nsenter``, ``umount``: ways to become
 root in a namespace or to peel off the sandbox's view), and kernel interfaces no MBPP solution needs
 (BPF, perf, keyrings, userfaultfd, modules, file handles, ``io_uring_*``, ``pidfd_getfd``, ``kcmp``,
