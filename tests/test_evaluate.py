@@ -153,6 +153,16 @@ def test_check_program_and_pass_at_1(contained):
     assert ok["pass@1"] == 50.0 and ok["missing"] == 1 and ok["per_item"]["w"]["status"] == "missing"
 
 
+def test_tests_that_cannot_be_split_are_counted_failed_and_reported(contained):
+    """The oracle's fallback: nothing runs, the item fails, and the report counts it."""
+    odd = Instance("odd", "q", "", meta={"test_list": ["assert all(add(i, 0) == i for i in range(3))"],
+                                        "test_setup_code": ""})
+    res = score("pass@1", {"add": ADD.answer, "odd": ADD.answer}, [ADD, odd], bootstrap=0, workers=1)
+    assert res["metrics"]["pass@1"] == 50.0 and res["oracle_fallback"] == 1
+    assert res["per_item"]["odd"]["oracle"] == "fallback" and res["per_item"]["add"]["oracle"] == "split"
+    assert "1 items with tests that cannot be split" in format_table(res).caption
+
+
 def test_sandbox_kills_an_infinite_loop_within_its_timeout(contained):
     start = time.monotonic()
     res = run_python("while True:\n    pass\n", timeout_s=1.0)
