@@ -54,6 +54,12 @@ def test_setup_code_names_belong_to_the_sandbox_and_its_imports_to_both():
     assert judge(split, [True]).passed and not judge(split, [False]).passed
 
 
+def test_a_tests_own_imports_run_on_both_sides():
+    split = split_tests(["import math\nassert area(math.pi) == math.floor(3.5)"], code="def area(r): pass")
+    assert split.calls == ("area(math.pi)",) and split.sandbox_imports == "import math"
+    assert judge(split, [3]).passed and not judge(split, [3.14]).passed
+
+
 def test_an_exception_is_data_and_fails_only_the_assert_that_uses_it():
     split = split_tests(["assert f(1) == 2", "assert True or g(0)"])
     verdict = judge(split, [Raised("ZeroDivisionError"), 0])

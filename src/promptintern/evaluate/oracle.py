@@ -81,6 +81,7 @@ class SplitTests:
     checks: tuple[tuple[str, ast.Expression], ...] = ()  # (the original assert's source, its test with placeholders)
     imports: tuple[ast.stmt, ...] = ()
     fallback: str = ""
+    sandbox_imports: str = ""  # the tests' own import statements, also run in the sandbox (calls may use them)
 
 
 def bound_names(source: str) -> set[str]:
@@ -181,7 +182,8 @@ def split_tests(tests: Sequence[str], setup: str = "", code: str = "") -> SplitT
             checks.append((source, ast.fix_missing_locations(ast.Expression(test))))
     used = {n.id for _, e in checks for n in ast.walk(e) if isinstance(n, ast.Name)}
     modules = tuple(ast.Import([ast.alias(m)]) for m in sorted(used & PARENT_MODULES - _imported(imports)))
-    return SplitTests(tuple(calls), tuple(checks), (*modules, *imports))
+    return SplitTests(tuple(calls), tuple(checks), (*modules, *imports),
+                      sandbox_imports="\n".join(ast.unparse(s) for s in test_imports))
 
 
 def decode_values(message: bytes, n: int) -> list[Any]:

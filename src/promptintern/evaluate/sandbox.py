@@ -214,7 +214,7 @@ class Sandbox:
         if split.fallback:
             self._probed()  # refuse the same way as a scored run where containment is missing
             return SandboxResult("failed", None, "", "", 0.0, detail=judge(split, []).detail, oracle="fallback")
-        run = self.run_calls(code, setup, split.calls)
+        run = self.run_calls(code, f"{setup}\n{split.sandbox_imports}", split.calls)
         if run.status != "passed":
             return dataclasses.replace(run, oracle="split")
         try:
