@@ -127,6 +127,9 @@ FORGERIES = {
         "import sys, threading\ndef hook(*args):\n    for f in list(sys._current_frames().values()):\n        _forge_from(f)\n"
         "sys.excepthook = hook\nthreading.excepthook = hook\n"
         "def add(a, b):\n    t = threading.Thread(target=lambda: 1 / 0)\n    t.start()\n    t.join()\n    return 0\n"),
+    "nested_result_bomb": "def add(a, b):\n    x = []\n    for _ in range(100000):\n        x = [x]\n    return x\n",
+    "huge_result": "def add(a, b):\n    return 'x' * (200 * 2**20)\n",
+    "self_referencing_result": "def add(a, b):\n    x = [3]\n    x.append(x)\n    return x\n",
 }
 
 FAKES = {**_TRICKS, **FORGERIES}
