@@ -4,8 +4,8 @@ count of this uid's processes that the process-count rlimit starts from.
 
 **Memory the kernel spends for the tree.** Resident pages are not all: data queued in sockets
 lives in kernel memory, invisible to RSS and, measured on this project's machine, to a cgroup v1
-memory limit too (3 GB queued in ``AF_UNIX`` socketpairs by 6 processes left the cgroup's usage at
-51 MiB). So every socket the tree holds is charged at the most its buffers can queue, twice the
+memory limit too (about 2.9 GiB queued in ``AF_UNIX`` socketpairs by 6 processes left the cgroup's
+peak usage at 51 MiB). So every socket the tree holds is charged at the most its buffers can queue, twice the
 larger of ``net.core.wmem_max`` and ``rmem_max`` (the kernel doubles ``SO_SNDBUF``), on top of the
 resident memory. A scored program needs no sockets; the socketpair bomb is killed as soon as its
 sockets could hold more than the cap. Not seen: sockets in flight (sent over ``SCM_RIGHTS`` and
