@@ -38,6 +38,20 @@ def test_a_builtin_name_the_candidate_defines_runs_in_the_sandbox():
     assert split_tests(["assert int(lobb_num(5, 3)) == 35"], code="def lobb_num(n, m): pass").calls == ("lobb_num(5, 3)",)
 
 
+def test_a_builtin_the_candidate_shadows_stays_the_parents_on_the_expected_side():
+    """Else a wrong ``f`` plus ``def sorted(*a): return 0`` would make both sides agree."""
+    code = "def sorted(*a):\n    return 0\ndef f(x):\n    return 0\n"
+    split = split_tests(["assert f(1) == sorted([3, 1])"], code=code)
+    assert split.calls == ("f(1)",)
+    assert not judge(split, [0]).passed and judge(split, [[1, 3]]).passed
+
+
+def test_a_name_the_test_imports_is_the_parents_even_if_the_candidate_binds_it():
+    split = split_tests(["from itertools import chain\nassert f(1) == list(chain([1], [2]))"],
+                        code="def chain(*a):\n    return 0\ndef f(x): pass")
+    assert split.calls == ("f(1)",) and judge(split, [[1, 2]]).passed and not judge(split, [0]).passed
+
+
 def test_a_module_the_test_names_is_the_parents_even_when_the_candidate_imports_it():
     """``sys.getsizeof`` (MBPP) must not be computed by the candidate, which could make both sides agree."""
     split = split_tests(["assert tuple_size((1, 2)) == sys.getsizeof((1, 2))"], code="import sys\ndef tuple_size(t): pass")

@@ -7,8 +7,9 @@ never sees an expected value and never decides anything. The parent splits each 
 :mod:`ast`:
 
 * the **calls into the candidate's code** -- every outermost ``f(...)``, ``obj.attr``,
-  ``f(x).method(y)`` chain whose root name the candidate (or the test's setup code) binds, or that
-  neither the builtins nor the test's imports provide -- are sent, as source text, to the
+  ``f(x).method(y)`` chain whose root name neither the builtins nor the test's imports (nor the
+  standard modules in :data:`PARENT_MODULES`) provide, or a builtin name the candidate redefines
+  where it is the thing under test (the left side of the assert) -- are sent, as source text, to the
   sandbox, which evaluates them in the candidate's namespace and sends back their values as
   **data** (:func:`decode_values`): ``None``, bools, ints, floats, complex numbers, strings,
   bytes, lists, tuples, dicts, sets and frozensets, nested at most :data:`MAX_DEPTH` deep, at most
@@ -130,6 +131,14 @@ def _root(node: ast.expr) -> ast.expr:
     return node
 
 
+def _tested_name(test: ast.expr) -> str:
+    """The root name of what an assert tests: the left side of its comparison (or the whole test)."""
+    while isinstance(test, ast.UnaryOp):
+        test = test.operand
+    root = _root(test.left if isinstance(test, ast.Compare) else test)
+    return root.id if isinstance(root, ast.Name) else ""
+
+
 class _Splitter(ast.NodeTransformer):
     """Replaces each outermost chain rooted at a sandbox name by ``VALUE_FN(i)``; collects the chains."""
 
@@ -161,11 +170,19 @@ def split_tests(tests: Sequence[str], setup: str = "", code: str = "") -> SplitT
             return SplitTests(fallback=f"a test does not parse ({exc.msg})")
     test_imports = [s for m in parsed for s in m.body if isinstance(s, (ast.Import, ast.ImportFrom))]
     imports = (*setup_imports, *test_imports)
-    sandbox_names = (bound_names(code) | (bound_names(setup) - _imported(setup_imports))) - PARENT_MODULES
-    parent_names = (set(dir(builtins)) | _imported(imports) | PARENT_MODULES) - {"__import__"}
+    test_owned = PARENT_MODULES | _imported(imports)
+    candidate_names = bound_names(code) | (bound_names(setup) - _imported(setup_imports))
+    builtin_names = set(dir(builtins)) - {"__import__"}
+    tested = {_tested_name(s.test) for m in parsed for s in m.body if isinstance(s, ast.Assert)}
 
     def in_sandbox(name: str) -> bool:
-        return name in sandbox_names or name not in parent_names
+        # A builtin the candidate redefines is its own only as the thing under test (MBPP's ``sum``),
+        # never on the expected side: ``== sorted([3, 1])`` must not be the candidate's to compute.
+        if name in test_owned:
+            return False
+        if name in builtin_names:
+            return name in candidate_names and name in tested
+        return True
 
     calls: list[str] = []
     checks: list[tuple[str, ast.Expression]] = []
