@@ -30,6 +30,19 @@ from promptintern.evaluate.sandbox import (
 )
 from promptintern.tasks.base import Instance
 
+
+@pytest.fixture(scope="module")
+def contained():
+    """The contained sandbox's capabilities; where it cannot run here (no bubblewrap), its refusal is
+    asserted -- one line, exit code 7, what to install -- and the test is skipped with that reason."""
+    try:
+        return sandbox_capabilities()
+    except SandboxUnavailable as exc:
+        message = str(exc)
+        assert "\n" not in message and exc.exit_code == 7 and "bubblewrap" in message
+        pytest.skip(f"no contained sandbox here (refusal asserted): {message[:100]}")
+
+
 ADD = Instance("add", "Write add.", "def add(a, b):\n    return a + b",
                meta={"test_list": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"], "test_setup_code": ""})
 
@@ -128,7 +141,7 @@ def test_extract_code():
     assert extract_code("def g(): return 3\n") == "def g(): return 3"
 
 
-def test_check_program_and_pass_at_1():
+def test_check_program_and_pass_at_1(contained):
     assert check_program(ADD.answer, "", ADD.meta["test_list"], timeout_s=10)
     assert not check_program("def add(a, b):\n    return a - b", "", ADD.meta["test_list"], timeout_s=10)
     wrong = Instance("w", "q", "", meta=dict(ADD.meta))
@@ -140,7 +153,17 @@ def test_check_program_and_pass_at_1():
     assert ok["pass@1"] == 50.0 and ok["missing"] == 1 and ok["per_item"]["w"]["status"] == "missing"
 
 
-def test_sandbox_kills_an_infinite_loop_within_its_timeout():
+def test_tests_that_cannot_be_split_are_counted_failed_and_reported(contained):
+    """The oracle's fallback: nothing runs, the item fails, and the report counts it."""
+    odd = Instance("odd", "q", "", meta={"test_list": ["assert all(add(i, 0) == i for i in range(3))"],
+                                        "test_setup_code": ""})
+    res = score("pass@1", {"add": ADD.answer, "odd": ADD.answer}, [ADD, odd], bootstrap=0, workers=1)
+    assert res["metrics"]["pass@1"] == 50.0 and res["oracle_fallback"] == 1
+    assert res["per_item"]["odd"]["oracle"] == "fallback" and res["per_item"]["add"]["oracle"] == "split"
+    assert "1 items with tests that cannot be split" in format_table(res).caption
+
+
+def test_sandbox_kills_an_infinite_loop_within_its_timeout(contained):
     start = time.monotonic()
     res = run_python("while True:\n    pass\n", timeout_s=1.0)
     elapsed = time.monotonic() - start
@@ -148,7 +171,7 @@ def test_sandbox_kills_an_infinite_loop_within_its_timeout():
     assert res.wall_s < 1.0 + 3.0 and elapsed < 1.0 + 5.0
 
 
-def test_sandbox_run_python_statuses():
+def test_sandbox_run_python_statuses(contained):
     assert run_python("print('hi')").stdout == "hi\n"
     bad = run_python("raise SystemExit(3)")
     assert bad.status == "failed" and bad.returncode == 3
@@ -204,7 +227,7 @@ def test_score_bleu_task_with_missing_prediction():
     json.dumps(res)  # metrics.json-ready
 
 
-def test_score_exact_and_pass_at_1_and_table():
+def test_score_exact_and_pass_at_1_and_table(contained):
     insts = _nl2bash_instances()
     em = score("exact_match", {"nl2bash-0": " ls  -l "}, insts, bootstrap=0)
     assert em["metrics"] == {"exact_match": 25.0} and em["ci95"] == {"exact_match": None}
@@ -217,7 +240,7 @@ def test_score_exact_and_pass_at_1_and_table():
 
 
 @pytest.mark.parametrize("metric", ["bleu", "pass@1", "exact_match", "sql_execution"])
-def test_every_metric_stores_the_per_item_scores_its_readers_use(metric, tmp_path):
+def test_every_metric_stores_the_per_item_scores_its_readers_use(metric, tmp_path, request):
     """score() (what metrics.json holds per system) carries, for every test id, the per-item
     field the compare statistics read; for the mean metrics their mean is the headline."""
     import sqlite3
@@ -225,6 +248,7 @@ def test_every_metric_stores_the_per_item_scores_its_readers_use(metric, tmp_pat
     from promptintern.compare.stats import item_scores
 
     if metric == "pass@1":
+        request.getfixturevalue("contained")
         wrong = Instance("wrong", "Write add.", ADD.answer, meta=dict(ADD.meta))
         insts, preds = [ADD, wrong], {"add": ADD.answer, "wrong": "def add(a, b):\n    return a - b"}
     elif metric == "sql_execution":
@@ -272,7 +296,7 @@ def test_evaluate_file_nl2bash(nl2bash_data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_mbpp_reference_solutions_pass(mbpp_data_dir):
+def test_mbpp_reference_solutions_pass(mbpp_data_dir, contained):
     """Every MBPP task's own solution, through the full sandbox (about a minute on 2 workers)."""
     from promptintern.tasks import get_task
 
@@ -283,6 +307,8 @@ def test_mbpp_reference_solutions_pass(mbpp_data_dir):
     res = pass_at_1({i.id: i.answer for i in instances}, instances, workers=2, timeout_s=20)
     elapsed = time.monotonic() - start
     failed = sorted((k for k, v in res["per_item"].items() if not v["passed"]), key=int)
-    print(f"MBPP references: {res['passed']}/974 passed in {elapsed:.1f}s; failed: {failed}")
+    print(f"MBPP references: {res['passed']}/974 passed in {elapsed:.1f}s; failed: {failed}; "
+          f"oracle fallbacks: {res['oracle_fallback']}")
     assert res["passed"] >= 970, failed
+    assert res["oracle_fallback"] == 0
     assert math.isclose(res["pass@1"], 100 * res["passed"] / 974)

@@ -12,6 +12,7 @@ successful attack could make them pass; the process-level test shows that some o
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -99,6 +100,30 @@ def _forge_with_child(level: str) -> Outcome:
     return failed_in_time(*submit(level, code))
 
 
+ANSWER_FROM_FILES = r'''
+import ast, glob, json
+ANSWERS = {}
+for path in glob.glob("/tmp/promptintern-tests-*/tests.json"):
+    for test in json.load(open(path)):
+        node = ast.parse(test).body[0].test
+        ANSWERS[tuple(ast.literal_eval(a) for a in node.left.args)] = ast.literal_eval(node.comparators[0])
+def add(a, b):
+    return ANSWERS.get((a, b), 0)
+'''
+
+
+def _expected_from_host_disk(level: str) -> Outcome:
+    """The asserts lie on the host's disk, world-readable (as a data set does): a wrong ``add`` answers from them."""
+    folder = Path(tempfile.mkdtemp(prefix="promptintern-tests-", dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        (folder / "tests.json").write_text(json.dumps(CHECKS))
+        (folder / "tests.json").chmod(0o644)
+        return failed_in_time(*submit(level, ANSWER_FROM_FILES))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _forge_own_memory_dir_fd(level: str) -> Outcome:
     reader = MEMORY_READER.replace('open(f"/proc/{pid}/maps")', 'os.fdopen(os.open("proc/self/maps", 0, dir_fd=root))')
     reader = reader.replace('open(f"/proc/{pid}/mem", "rb", 0)', 'os.fdopen(os.open("proc/self/mem", 0, dir_fd=root), "rb", 0)')
@@ -156,6 +181,17 @@ def _memfd(level: str) -> Outcome:
     code = WRONG + "import os\ntry:\n    os.memfd_create('x')\n    print('MEMFD')\nexcept OSError:\n    pass\n"
     res, in_time = submit(level, code)
     return failed_in_time(res, in_time, ("MEMFD" not in res.stdout, "memfd_create succeeded"))
+
+
+def _foreign_sockets(level: str) -> Outcome:
+    """AF_VSOCK (outside every network namespace), netlink, packet sockets: none may be created."""
+    code = WRONG + "import socket\n" + (
+        "for family, kind in ((40, socket.SOCK_STREAM), (16, socket.SOCK_RAW), (17, socket.SOCK_RAW)):\n"
+        "    try:\n        s = socket.socket(family, kind, 0)\n        print('OPENED', family)\n"
+        "        if family == 40:\n            s.bind((0xFFFFFFFF, 5000))\n            print('BOUND vsock')\n"
+        "    except OSError:\n        pass\n")
+    res, in_time = submit(level, code)
+    return failed_in_time(res, in_time, ("OPENED" not in res.stdout, res.stdout.strip().replace("\n", ", ")))
 
 
 # --- the host's /proc, processes, namespaces -----------------------------------------------------
@@ -369,6 +405,40 @@ def _forking_memory(level: str) -> Outcome:
     return failed_in_time(res, in_time, ("memory limit" in res.detail, f"not stopped by the memory cap ({res.detail})"))
 
 
+SOCKET_BOMB = r'''
+import os, socket, time
+def fill(target):
+    keep, total = [], 0
+    while total < target:
+        try:
+            a, b = socket.socketpair()
+        except OSError:
+            break
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 30)
+        a.setblocking(False)
+        try:
+            while True:
+                total += a.send(b"x" * 65536)
+        except OSError:
+            pass
+        keep.append((a, b))
+    print("queued MiB", total >> 20, flush=True)
+    time.sleep(30)
+for _ in range(2):
+    if os.fork() == 0:
+        fill(600 << 20)
+        os._exit(0)
+fill(600 << 20)
+'''
+
+
+def _socketpair_bomb(level: str) -> Outcome:
+    """3 processes x 600 MiB queued in socketpairs (kernel memory, not resident): killed at a 256 MiB cap."""
+    res, _ = submit(level, RIGHT + SOCKET_BOMB, limits(memory_mb=256, timeout_s=10, cpu_s=10))
+    return failed_in_time(res, res.wall_s < 8, ("memory limit" in res.detail, f"not stopped by the memory cap "
+                                                                             f"({res.status}: {res.detail})"))
+
+
 def _fork_bomb(level: str) -> Outcome:
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     res, in_time = submit(level, code)
@@ -382,6 +452,8 @@ def _huge_output(level: str) -> Outcome:
 
 
 CASES = [
+    Case("expected_values_from_host_disk", "a wrong add() reads the asserts from a world-readable file on the host",
+         _expected_from_host_disk),
     Case("forge_nonce_from_child_process", "a child process reads the checker's memory via /proc and forges a pass",
          _forge_with_child),
     Case("forge_nonce_own_memory_dir_fd", "proc/self/mem opened relative to a dir_fd (audit-hook bypass)",
@@ -390,6 +462,7 @@ CASES = [
     Case("gdb_attach_checker", "gdb -p attaches to the checking process (ptrace)", _forge_with_gdb),
     Case("raw_memory_modules", "import ctypes, _testcapi, _cffi_backend, gi (also via dist-packages)", _raw_memory_modules),
     Case("load_native_code", "compile a C extension with gcc into any writable folder and import it", _native_code),
+    Case("foreign_socket_families", "socket(AF_VSOCK) and bind, AF_NETLINK, AF_PACKET", _foreign_sockets),
     Case("memfd_create", "anonymous executable memory file (memfd_create)", _memfd),
     Case("umount_proc_see_host", "umount -l /proc / mount proc, then look for the evaluator's pid", _host_proc,
          harms_uncontained=True),
@@ -410,6 +483,8 @@ CASES = [
     Case("corrupt_other_items", "write forged results into every pipe it can name while other items run",
          _corrupt_other_items, harms_uncontained=True),
     Case("forking_memory", "4 children x 100 MiB under a 256 MiB cap", _forking_memory),
+    Case("socketpair_bomb", "3 processes x 600 MiB queued in socketpairs under a 256 MiB cap", _socketpair_bomb,
+         harms_uncontained=True),
     Case("fork_bomb", "fork until it fails", _fork_bomb, harms_uncontained=True),
     Case("huge_output", "print 1 GiB", _huge_output),
 ]

@@ -1,4 +1,4 @@
-"""Run every attack case at every sandbox level and print a Markdown table (quoted in the README).
+"""Run every attack case and forgery at every sandbox level and print a Markdown table (docs/security.md).
 
     python -m tests.security.levels            # from the project root, with the project's venv
 
@@ -14,7 +14,8 @@ import sys
 
 from promptintern.evaluate.sandbox import LEVELS, SandboxUnavailable, sandbox_capabilities
 
-from .cases import CASES
+from .cases import CASES, submit
+from .forgeries import FAKES
 
 
 def main() -> int:
@@ -42,6 +43,15 @@ def main() -> int:
             out = case.run(level)
             cells.append("contained" if out.contained else f"**escaped**: {out.evidence[:80]}")
         print(f"| {case.name} | {case.what} | {' | '.join(cells)} |", flush=True)
+    for name, code in sorted(FAKES.items()):
+        cells = []
+        for level in LEVELS:
+            if not available[level]:
+                cells.append("refuses to score")
+                continue
+            res, _ = submit(level, code)
+            cells.append(f"scored {res.status}" if res.status != "passed" else "**scored passed**")
+        print(f"| {name} | in-process forgery by a wrong add() | {' | '.join(cells)} |", flush=True)
     return 0
 
 

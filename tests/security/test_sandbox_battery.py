@@ -28,10 +28,11 @@ from promptintern.evaluate.sandbox import (
     SandboxUnavailable,
     sandbox_capabilities,
 )
-from promptintern.evaluate.watch import tree_rss_bytes
+from promptintern.evaluate.watch import socket_cost_bytes, tree_memory_bytes, tree_rss_bytes
 from promptintern.tasks.base import Instance
 
 from .cases import CASES, CASES_BY_NAME, CHECKS, TIMEOUT_S, WRONG
+from .forgeries import FAKES
 
 CASE_BOUND_S = TIMEOUT_S + 4.0
 BATTERY_BOUND_S = 180.0  # the whole module, measured by the fixture below
@@ -82,14 +83,13 @@ def test_case_is_contained(case):
     assert outcome.contained, f"{case.name} ({case.what}): {outcome.evidence}"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="as a normal user the process level cannot read root-owned memory")
 def test_the_process_level_lets_a_forgery_pass():
-    """The same forgery, at the uncontained opt-in level, scores a wrong solution as passed.
+    """A wrong solution that reads the asserts from the host's disk, at the uncontained opt-in level, passes.
 
     This is what makes the forgery cases meaningful (the attack code works when nothing stops it)
     and why that level is used only on request.
     """
-    outcome = CASES_BY_NAME["forge_nonce_from_child_process"].run("process")
+    outcome = CASES_BY_NAME["expected_values_from_host_disk"].run("process")
     assert not outcome.contained and "scored as passed" in outcome.evidence
 
 
@@ -112,6 +112,19 @@ def test_tree_memory_counts_children():
             time.sleep(0.05)
         assert tree_rss_bytes(os.getpid()) >= 64 * 2**20
         assert tree_rss_bytes(child.pid) < tree_rss_bytes(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_tree_memory_charges_each_socket_at_its_most_queued_bytes():
+    """Socket buffers are kernel memory, not resident: the watch charges every socket fd of the tree."""
+    code = "import socket, time\npairs = [socket.socketpair() for _ in range(10)]\nprint('ready', flush=True)\ntime.sleep(3)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        charged = tree_memory_bytes(child.pid, socket_cost_bytes()) - tree_rss_bytes(child.pid)
+        assert abs(charged - 20 * socket_cost_bytes()) < 2**20 and socket_cost_bytes() > 0
     finally:
         child.kill()
         child.wait()
@@ -144,56 +157,6 @@ def test_printing_1_gib_does_not_grow_the_host():
 
 # --- faking a pass from inside the process --------------------------------------------------------
 
-FAKES = {
-    "sys_exit_before_asserts": "def add(a, b):\n    return a + b\nimport sys\nsys.exit(0)\n",
-    "os_exit_before_asserts": "def add(a, b):\n    return a + b\nimport os\nos._exit(0)\n",
-    "raise_systemexit_inside_add": "def add(a, b):\n    raise SystemExit(0)\n",
-    "keyboardinterrupt_inside_add": "def add(a, b):\n    raise KeyboardInterrupt\n",
-    "print_pass_text": WRONG + "print('passed'); print('All tests passed'); print('OK')\n",
-    "replace_assertion_error": WRONG + (
-        "import builtins\nclass Quiet(Exception):\n    pass\n"
-        "builtins.AssertionError = Quiet\nbuiltins.BaseException = Quiet\nbuiltins.Exception = Quiet\n"),
-    "replace_exec_compile_exit": WRONG + (
-        "import builtins, os, sys\nbuiltins.exec = lambda *a, **k: None\nbuiltins.compile = lambda *a, **k: None\n"
-        "os._exit = lambda *a: None\nos.write = lambda *a: 0\nsys.exit = lambda *a: None\n"),
-    "patch_harness_globals": WRONG + (
-        "import __main__\nfor name in dir(__main__):\n    if name.startswith('_') and callable(getattr(__main__, name)):\n"
-        "        setattr(__main__, name, lambda *a, **k: None)\n"),
-    "atexit_writes_to_every_fd": WRONG + (
-        "import atexit, os\n"
-        "def forge():\n    for fd in range(3, 64):\n        try:\n            os.write(fd, b'R' + b'0' * 32)\n"
-        "        except OSError:\n            pass\n"
-        "atexit.register(forge)\n"),
-    "scan_fds_for_the_nonce": WRONG + (
-        "import os\nfor fd in range(0, 64):\n    try:\n        os.set_blocking(fd, False)\n"
-        "        print(fd, os.read(fd, 100))\n    except OSError:\n        pass\n"),
-    "settrace_skips_asserts": WRONG + (
-        "import sys\ndef tracer(frame, event, arg):\n    return tracer\nsys.settrace(tracer)\n"),
-    "getframe_walk": WRONG + "import sys\nf = sys._getframe(0)\nwhile f:\n    print(f.f_locals)\n    f = f.f_back\n",
-    "traceback_frame_walk": WRONG + (
-        "try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    f = e.__traceback__.tb_frame\n"
-        "    while f:\n        print(f.f_locals)\n        f = f.f_back\n"),
-    "generator_frame_walk": WRONG + "def g():\n    yield 1\nprint(g().gi_frame.f_back)\n",
-    "signal_handler_frame_walk": WRONG + (
-        "import os, signal\nseen = []\n"
-        "def handler(signum, frame):\n    while frame is not None:\n"
-        "        seen.extend(v for v in frame.f_locals.values() if isinstance(v, (str, bytes)) and len(v) == 32)\n"
-        "        frame = frame.f_back\n"
-        "signal.signal(signal.SIGUSR1, handler)\nos.kill(os.getpid(), signal.SIGUSR1)\n"
-        "for fd in range(3, 64):\n    for v in seen:\n        try:\n"
-        "            os.write(fd, b'R' + (v if isinstance(v, bytes) else v.encode()))\n"
-        "        except OSError:\n            pass\n"),
-    "gc_object_scan": WRONG + "import gc\nprint([o for o in gc.get_objects() if isinstance(o, dict)][:3])\n",
-    "ctypes_memory": WRONG + "import ctypes\nprint(ctypes.string_at(id(1), 8))\n",
-    "crafted_bytecode": WRONG + "def f():\n    pass\nf.__code__ = f.__code__.replace(co_code=b'\\x00' * 8)\n",
-    "marshal_code_object": WRONG + "import marshal\nmarshal.loads(marshal.dumps(compile('1', 's', 'eval')))\n",
-    "proc_self_mem": WRONG + "print(open('/proc/self/mem', 'rb').read(1))\n",
-    "new_audit_hook": WRONG + "import sys\nsys.addaudithook(lambda *a: None)\n",
-    "thread_keeps_running": WRONG + (
-        "import threading, time, os\n"
-        "def late():\n    time.sleep(0.5)\n    os._exit(0)\n"
-        "threading.Thread(target=late).start()\n"),
-}
 
 
 @pytest.mark.skipif(not CONTAINED, reason="refusal asserted in test_case_is_contained")

@@ -109,7 +109,8 @@ def score(
         outcomes = np.array([pa["per_item"][i]["passed"] for i in ids], dtype=float)
         res = {"metrics": {"pass@1": pa["pass@1"]}, "ci95": {"pass@1": _ci(outcomes, mean_percent, bootstrap, seed)},
                "per_item": [pa["per_item"][i] for i in ids], "sandbox_level": pa["sandbox_level"],
-               "sandbox_contained": pa["sandbox_contained"], "status_counts": pa["status_counts"]}
+               "sandbox_contained": pa["sandbox_contained"], "status_counts": pa["status_counts"],
+               "oracle_fallback": pa["oracle_fallback"]}
     res["per_item"] = {i: {"missing": p is None, **rec} for i, p, rec in zip(ids, preds, res["per_item"], strict=True)}
     out.update(res)
     if bootstrap > 0:
@@ -194,6 +195,8 @@ def format_table(metrics: dict[str, Any]) -> Table:
     elif "sandbox_level" in metrics:
         table.caption = f"{sandbox_note(metrics)}; " + ", ".join(
             f"{k} {v}" for k, v in sorted(metrics.get("status_counts", {}).items()))
+        if metrics.get("oracle_fallback"):
+            table.caption += f"; {metrics['oracle_fallback']} items with tests that cannot be split (scored failed)"
     return table
 
 

@@ -42,9 +42,9 @@ def _sandbox(timeout_s: float, level: str = "bwrap") -> Sandbox:
 
 def run_program(code: str, test_setup_code: str, test_list: Iterable[str], timeout_s: float = 10.0,
                 sandbox: Sandbox | None = None) -> SandboxResult:
-    """Run ``code``, then the setup code, then the asserts in a sandbox; the full result."""
+    """Score ``code`` against the asserts: the candidate's calls run in a sandbox, the asserts here (see :mod:`.oracle`)."""
     sb = sandbox or _sandbox(timeout_s)
-    return sb.run_checks(code, "\n".join(test_list) + "\n", setup=test_setup_code or "")
+    return sb.run_checks(code, list(test_list), setup=test_setup_code or "")
 
 
 def check_program(code: str, test_setup_code: str, test_list: Iterable[str], timeout_s: float = 10.0) -> bool:
@@ -56,7 +56,7 @@ def _item(result: SandboxResult | None) -> dict[str, Any]:
     if result is None:
         return {"passed": False, "status": "missing"}
     rec: dict[str, Any] = {"passed": result.status == "passed", "status": result.status,
-                           "wall_s": round(result.wall_s, 3)}
+                           "wall_s": round(result.wall_s, 3), "oracle": result.oracle}
     if result.status != "passed":
         rec["detail"] = result.detail
         rec["stderr"] = result.stderr[-STDERR_KEPT:]
@@ -106,6 +106,7 @@ def pass_at_1(
         "passed": passed,
         "missing": n - len(todo),
         "status_counts": dict(Counter(rec["status"] for rec in per_item.values())),
+        "oracle_fallback": sum(rec.get("oracle") == "fallback" for rec in per_item.values()),
         "sandbox_level": caps.level,
         "sandbox_contained": caps.contained,
         "per_item": per_item,

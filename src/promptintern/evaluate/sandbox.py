@@ -7,15 +7,14 @@
     only, no ``/proc``, no raw-memory modules (:mod:`.bwrap` builds it). The child never runs as
     root: as root on the host, the bootstrap drops to a fresh unprivileged uid per run
     (``setresuid``, which also makes the process non-dumpable); as a normal user it keeps the
-    caller's own non-zero uid. A seccomp filter (:mod:`.seccomp`) refuses ``ptrace``,
-    ``process_vm_readv``, mounts and new namespaces for every process of the run. The network is a
-    private loopback. All descendants die with the pid namespace; their resident memory is counted
-    as one tree (:mod:`.watch`).
+    caller's own non-zero uid. A seccomp filter (:mod:`.seccomp`) refuses ``ptrace``, mounts, new
+    namespaces, ``io_uring`` and socket families other than unix/IPv4/IPv6 for every process of the
+    run. The network is a private loopback. All descendants die with the pid namespace.
 ``process`` (explicit opt-in only; *not contained*)
     a plain child process with the same rlimits, a process group that is killed, and a fresh uid
     when running as root and the interpreter is readable to it. It can read and write whatever the
-    uid can, reach the network, and (when no uid drop is possible) read its own memory and forge a
-    pass. It is used only when the user asks for it (``eval.sandbox: process`` or
+    uid can (the data set's expected values included), reach the network, and (when no uid drop is
+    possible) read the evaluator's memory. It is used only when the user asks for it (``eval.sandbox: process`` or
     ``--unsafe-sandbox``), and the level is then printed in the results table and stored in
     metrics.json.
 
@@ -24,36 +23,25 @@ interpreter the sandbox uid cannot read), :class:`SandboxUnavailable` says what 
 to get it, in one line. There is no silent fallback.
 
 At both levels: rlimits (address space, data, CPU seconds, file size, process count, open files,
-no core dumps), a resident-memory cap for the whole process tree of a run (polled from the host's
-``/proc``), a new session whose process group is killed when the run ends (also on success), stdin
+no core dumps), a memory cap for the whole process tree of a run (resident pages plus what its
+sockets can queue, polled from the host's ``/proc`` by :mod:`.watch`), a new session whose process group is killed when the run ends (also on success), stdin
 at EOF, a minimal environment, stdout/stderr read with a cap (the run is killed beyond it), a
 wall-clock timeout. A failure of one run's machinery is that item's ``error``, never the end of the
 evaluation.
 
-**Verdict integrity -- can the code fake a pass?** (:meth:`Sandbox.run_checks`). The pass decision
-is made by the parent and needs a 128-bit random nonce, sent over an inherited pipe and written back
-on another only after the asserts ran to completion in the bootstrap's guardian thread (see
-:mod:`.sandbox_bootstrap`). What keeps the nonce from untrusted code at the contained level is the
-operating system: no ``/proc`` (no ``/proc/self/mem``, no other process's memory), no ``ctypes``
-or other raw-memory module in the file system view, no writable place for native code, no
-``ptrace``/``process_vm_readv`` (seccomp), a non-dumpable process (uid drop, as root). Inside the
-process an audit hook additionally refuses frame, garbage-collector and tracing introspection of
-the guardian (CPython 3.11 creates frame objects lazily; the hook keeps them out of reach); it is
-defence in depth, not the barrier.
-
-* prevented: exiting early (``sys.exit``, ``os._exit``, signals, killing the parent), printing a
-  "pass" text (output is never parsed), catching or replacing ``AssertionError``, patching builtins
-  or harness functions, ``atexit`` hooks, writing guesses to inherited fds (exact match required),
-  forking helpers, reading the nonce by any of the routes above.
-* out of scope: results that really make the assert expressions true -- an object whose ``__eq__``
-  always returns True, hard-coding the expected values, patching a module the asserts use. These
-  defeat the benchmark's own definition of correctness, not this harness. An exploit of a CPython
-  memory-safety bug could still read the nonce from inside the process; it could not leave the
-  sandbox, which relies on nothing inside the child.
+**Verdict integrity -- can the code fake a pass?** (:meth:`Sandbox.run_checks`). No: the untrusted
+process never decides and never holds anything worth stealing. The parent splits each assert
+(:mod:`.oracle`): only the calls into the candidate's code run in the sandbox, their values come
+back as size-capped plain data, and the comparisons with the expected values run in the parent.
+Exiting early, printing "passed", patching builtins, a garbage-collector frame walk, a
+subinterpreter, ``ctypes``, tracing hooks, an object whose ``__eq__`` is always true: none of them
+reaches an expected value or the comparison. What remains out of scope is what the benchmark's own
+definition of correctness allows: hard-coding the expected values that the prompt shows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import marshal
@@ -70,6 +58,7 @@ from dataclasses import dataclass, field
 
 from ..errors import UserError
 from .bwrap import SANDBOX_WORKDIR, base_python, bwrap_args, masked_paths
+from .oracle import MAX_WIRE_BYTES, decode_values, judge, split_tests
 from .sandbox_bootstrap import BOOTSTRAP
 from .seccomp import seccomp_program
 from .watch import MemoryGuard, PipeReader, kill_group, user_process_count
@@ -83,7 +72,7 @@ SANDBOX_UID_SPAN = 1 << 24
 INSTALL_HINT = ("install bubblewrap (apt-get install bubblewrap) and run as root or as a user with "
                 "unprivileged user namespaces")
 OPT_IN_HINT = "or opt in to the uncontained process level at your own risk (--unsafe-sandbox / eval.sandbox: process)"
-_RESULT_CAP = 256  # bytes read back from the result pipe
+_RESULT_CAP = MAX_WIRE_BYTES + 1  # bytes read back from the result pipe: "R", then the values
 _GRACE_S = 5.0  # how long to wait for a killed child and its pipes
 
 
@@ -98,7 +87,7 @@ class SandboxLimits:
     """Resource limits of one sandboxed run."""
 
     timeout_s: float = field(default=10.0, metadata={"help": "Wall-clock limit, seconds; the run is killed after it."})
-    memory_mb: int = field(default=1024, metadata={"help": "Address space per process, and resident memory of the run's whole process tree, MiB."})
+    memory_mb: int = field(default=1024, metadata={"help": "Address space per process; resident memory plus socket buffers of the run's whole process tree, MiB."})
     cpu_s: int = field(default=10, metadata={"help": "CPU-time limit per process, seconds (SIGXCPU, then SIGKILL)."})
     max_procs: int = field(default=32, metadata={"help": "Processes+threads the sandbox uid may have (RLIMIT_NPROC)."})
     max_output_bytes: int = field(default=64_000, metadata={"help": "Bytes kept per stream; the run is killed beyond it."})
@@ -117,6 +106,8 @@ class SandboxResult:
     wall_s: float
     truncated: bool = False
     detail: str = ""
+    message: bytes = b""  # calls mode: the values the run sent back (tagged JSON; see .oracle)
+    oracle: str = ""  # checks: "split" (judged in the parent) or "fallback" (not run, counted as failed)
 
 
 @dataclass(frozen=True)
@@ -203,16 +194,36 @@ class Sandbox:
         """Execute ``code``; ``passed`` means it exited with status 0 within the limits."""
         return _execute_safely(self._probed()[0], self.python, self.limits, "raw", {"code": code})
 
-    def run_checks(self, code: str, checks: str, setup: str = "") -> SandboxResult:
-        """Execute ``code``, then ``setup``, then ``checks``; ``passed`` only if the checks completed.
+    def run_calls(self, code: str, setup: str, calls: list[str] | tuple[str, ...]) -> SandboxResult:
+        """Run ``code`` and ``setup``, then evaluate each call expression; the values are in ``message``.
 
-        The decision rests on the nonce protocol described in the module docstring, not on the exit
-        status or the output.
+        ``passed`` here only means that the run completed and sent its values; :meth:`run_checks`
+        judges them.
         """
-        nonce = secrets.token_hex(16)
-        payload = {"code": code, "setup": setup, "checks": checks, "nonce": nonce}
-        return _execute_safely(self._probed()[0], self.python, self.limits, "checks", payload,
-                               expect=b"R" + nonce.encode())
+        payload = {"code": code, "setup": setup, "calls": list(calls)}
+        return _execute_safely(self._probed()[0], self.python, self.limits, "calls", payload)
+
+    def run_checks(self, code: str, checks: str | list[str], setup: str = "") -> SandboxResult:
+        """Score ``code`` against ``checks`` (assert statements); ``passed`` only if every assert holds.
+
+        The asserts are split (:mod:`.oracle`): the candidate's calls run in the sandbox, the
+        comparisons here. A test that cannot be split is not run and counts as failed (``oracle``
+        says ``fallback``).
+        """
+        split = split_tests([checks] if isinstance(checks, str) else list(checks), setup, code)
+        if split.fallback:
+            self._probed()  # refuse the same way as a scored run where containment is missing
+            return SandboxResult("failed", None, "", "", 0.0, detail=judge(split, []).detail, oracle="fallback")
+        run = self.run_calls(code, f"{setup}\n{split.sandbox_imports}", split.calls)
+        if run.status != "passed":
+            return dataclasses.replace(run, oracle="split")
+        try:
+            values = decode_values(run.message[1:], len(split.calls))
+        except ValueError as exc:
+            return dataclasses.replace(run, status="failed", detail=f"results unreadable: {exc}", oracle="split")
+        verdict = judge(split, values)
+        return dataclasses.replace(run, status="passed" if verdict.passed else "failed", detail=verdict.detail,
+                                   oracle="split")
 
 
 @functools.cache
@@ -286,33 +297,27 @@ def _command(plan: _Plan, python: str, limits: SandboxLimits, mode: str, uid: in
     else:
         wrapper, home = [], workdir
     flags = ["-I", "-S", "-u", "-B"]
-    if mode == "checks":  # no .pyc loading, so marshal.loads can be refused (see the threat model)
-        flags += ["-X", "pycache_prefix=/nonexistent/pycache"]
-    dumpable_via_prctl = uid < 0 and mode == "checks" and plan.level == "process"
-    argv = [*wrapper, python, *flags, "-c", BOOTSTRAP, str(fds[0]), str(fds[1]), mode, str(uid),
-            _rlimits(limits), "1" if dumpable_via_prctl else "0"]
+    argv = [*wrapper, python, *flags, "-c", BOOTSTRAP, str(fds[0]), str(fds[1]), mode, str(uid), _rlimits(limits)]
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": home, "TMPDIR": home}
     return argv, env
 
 
-def _execute_safely(plan: _Plan, python: str, limits: SandboxLimits, mode: str, payload: dict[str, str],
-                    expect: bytes | None = None) -> SandboxResult:
+def _execute_safely(plan: _Plan, python: str, limits: SandboxLimits, mode: str, payload: dict) -> SandboxResult:
     """:func:`_execute`, with any failure of the machinery turned into this item's ``error``."""
     try:
-        return _execute(plan, python, limits, mode, payload, expect)
+        return _execute(plan, python, limits, mode, payload)
     except Exception as exc:  # noqa: BLE001 - one item's failure must not end the evaluation
         return SandboxResult("error", None, "", "", 0.0, detail=f"sandbox failure: {type(exc).__name__}: {exc}"[:300])
 
 
-def _execute(plan: _Plan, python: str, limits: SandboxLimits, mode: str, payload: dict[str, str],
-             expect: bytes | None = None) -> SandboxResult:
+def _execute(plan: _Plan, python: str, limits: SandboxLimits, mode: str, payload: dict) -> SandboxResult:
     """One run in a fresh working directory; the child's process group is killed before returning."""
     uid = SANDBOX_UID_BASE + secrets.randbelow(SANDBOX_UID_SPAN) if plan.drop_uid else -1
     with tempfile.TemporaryDirectory(prefix="promptintern-sandbox-", ignore_cleanup_errors=True) as workdir:
         if uid >= 0 and plan.level == "process":
             os.chown(workdir, uid, uid)
-        fd_in_r, fd_in_w = os.pipe()  # payload (code, nonce) -> child
-        fd_out_r, fd_out_w = os.pipe()  # "R" (started), then the nonce <- child
+        fd_in_r, fd_in_w = os.pipe()  # payload (code, setup, calls) -> child
+        fd_out_r, fd_out_w = os.pipe()  # "R" (started), then the values <- child
         fds = [fd_in_r, fd_out_w]
         if plan.seccomp is not None and plan.level == "bwrap":
             sc_r, sc_w = os.pipe()
@@ -338,7 +343,7 @@ def _execute(plan: _Plan, python: str, limits: SandboxLimits, mode: str, payload
 
         out = PipeReader(os.dup(proc.stdout.fileno()), limits.max_output_bytes, kill)  # type: ignore[union-attr]
         err = PipeReader(os.dup(proc.stderr.fileno()), limits.max_output_bytes, kill)  # type: ignore[union-attr]
-        res = PipeReader(fd_out_r, _RESULT_CAP)
+        res = PipeReader(fd_out_r, _RESULT_CAP, kill)
         memory = MemoryGuard(proc.pid, limits.memory_mb * 2**20, kill)
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
@@ -356,7 +361,7 @@ def _execute(plan: _Plan, python: str, limits: SandboxLimits, mode: str, payload
         wall = time.monotonic() - start
         for t in (out, err, res, writer, memory):
             t.join(timeout=_GRACE_S)
-    result = _classify(proc.returncode, out, err, bytes(res.data), expect, timed_out, wall)
+    result = _classify(proc.returncode, out, err, bytes(res.data), mode, timed_out, wall, res.overflow)
     if memory.exceeded and result.status != "passed":
         return SandboxResult("failed", result.returncode, result.stdout, result.stderr, wall, result.truncated,
                              f"memory limit ({limits.memory_mb} MiB for the whole run)")
@@ -392,8 +397,8 @@ def _write_all(fd: int, data: bytes) -> None:
         os.close(fd)
 
 
-def _classify(rc: int | None, out: PipeReader, err: PipeReader, result: bytes, expect: bytes | None,
-              timed_out: bool, wall: float) -> SandboxResult:
+def _classify(rc: int | None, out: PipeReader, err: PipeReader, result: bytes, mode: str,
+              timed_out: bool, wall: float, result_overflow: bool = False) -> SandboxResult:
     stdout = bytes(out.data).decode("utf-8", "replace")
     stderr = bytes(err.data).decode("utf-8", "replace")
     truncated = out.overflow or err.overflow
@@ -406,12 +411,14 @@ def _classify(rc: int | None, out: PipeReader, err: PipeReader, result: bytes, e
         status, detail = "failed", "output limit exceeded"
     elif rc in cpu_signals:
         status, detail = "timeout", "CPU-time limit"
-    elif expect is not None:
-        ok = result == expect and rc == 0
-        status, detail = ("passed", "") if ok else ("failed", "checks did not complete")
+    elif result_overflow:
+        status, detail = "failed", "results too large"
+    elif mode == "calls":
+        ok = rc == 0 and len(result) > 1
+        status, detail = ("passed", "") if ok else ("failed", "the solution did not run to completion")
     else:
         status, detail = ("passed", "") if rc == 0 else ("failed", f"exit status {rc}")
-    return SandboxResult(status, rc, stdout, stderr, wall, truncated, detail)
+    return SandboxResult(status, rc, stdout, stderr, wall, truncated, detail, message=result if mode == "calls" else b"")
 
 
 def sandbox_capabilities(python: str | None = None, level: str = "bwrap") -> SandboxCapabilities:
@@ -436,7 +443,7 @@ def run_python(
     return Sandbox(limits, level=level).run(code)
 
 
-def run_checks(code: str, checks: str, *, setup: str = "", limits: SandboxLimits | None = None,
+def run_checks(code: str, checks: str | list[str], *, setup: str = "", limits: SandboxLimits | None = None,
                level: str = "bwrap") -> SandboxResult:
-    """Run ``code``, ``setup`` then ``checks`` (asserts); ``passed`` iff the checks completed (nonce verified)."""
+    """Score ``code`` (then ``setup``) against ``checks`` (asserts); ``passed`` iff every assert holds (judged here)."""
     return Sandbox(limits, level=level).run_checks(code, checks, setup)

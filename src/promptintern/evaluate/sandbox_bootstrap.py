@@ -2,20 +2,23 @@
 
 It is kept as source text (:data:`BOOTSTRAP`) and passed to the interpreter with ``-c``, so that
 nothing from this package (or its virtual environment) is importable inside the sandbox. argv:
-``fd_in fd_out mode uid(-1 = keep) rlimits("NAME=V,...") dumpable_via_prctl(0|1)``.
+``fd_in fd_out mode uid(-1 = keep) rlimits("NAME=V,...")``.
 
 What it does, in order: rlimits; the uid drop (root only: a fresh unprivileged uid, which also
-makes the process non-dumpable); then either runs the code (``raw``) or the verdict protocol
-(``checks``): a *guardian* thread reads the payload and the pass nonce before any untrusted code
-exists, compiles solution, setup and asserts, installs an audit hook, lets the main thread run the
-solution and setup, runs the asserts with a builtins snapshot and writes the nonce only if they
-returned normally; every other path ends in ``os._exit(1)``. The threat model is in
-:mod:`.sandbox`; the hook is defence in depth, never the only barrier at the contained level.
+makes the process non-dumpable); writes ``R`` (started) on ``fd_out``; then either runs the code
+(``raw``) or, in ``calls`` mode, runs the candidate's code and the test's setup, evaluates each
+call expression the parent sent (:mod:`.oracle`) and writes their values back on ``fd_out`` as
+tagged JSON. Nothing here decides a verdict and nothing here is secret: whatever this process
+writes is only a claim about what the candidate's functions returned, judged by the parent against
+expected values this process never holds. The encoder therefore needs no protection from the code
+it runs next to.
 """
 
 BOOTSTRAP = r'''
-import _thread, builtins, marshal, os, resource, sys
-import types  # noqa: F401 - imported before the audit hook: it reads tb_frame at import time
+import builtins, json, marshal, os, resource, sys
+
+MAX_DEPTH, MAX_NODES, MAX_BYTES = 48, 200000, 1 << 20
+_SEQ = ((list, "l"), (tuple, "t"), (set, "S"), (frozenset, "Z"))
 
 
 def _setup():
@@ -31,17 +34,6 @@ def _setup():
         if os.getresuid() != (uid, uid, uid) or os.getresgid() != (uid, uid, uid):
             os.write(2, b"sandbox: could not drop privileges\n")
             os._exit(125)
-    elif sys.argv[6] == "1":  # same uid as the parent: forbid other processes to read our memory
-        try:
-            import ctypes
-            failed = ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0  # PR_SET_DUMPABLE
-        except (ImportError, OSError):
-            failed = True
-        if failed:
-            os.write(2, b"sandbox: prctl(PR_SET_DUMPABLE) failed\n")
-            os._exit(125)
-        for name in ("ctypes", "_ctypes"):
-            sys.modules.pop(name, None)
     os.umask(0o077)
 
 
@@ -69,101 +61,72 @@ def _describe(exc, where):
     return "%s: %s: %s (line %s)\n" % (where, type(exc).__name__, text[:500], lines[-1] if len(lines) > 1 else "?")
 
 
-def _install_audit_hook():
-    stat, fsdecode = os.stat, os.fsdecode
+def _encode(value, depth, budget):
+    """Tagged JSON of plain data; a subclass of a data type is sent as its base type."""
+    budget[0] -= 1
+    if budget[0] < 0 or depth > MAX_DEPTH:
+        raise ValueError("too large or nested too deeply")
+    if value is None:
+        return ["N"]
+    if isinstance(value, bool):
+        return ["T" if value else "F"]
+    if isinstance(value, int):
+        return ["i", hex(int.__index__(value))]
+    if isinstance(value, float):
+        return ["f", float.hex(float(value))]
+    if isinstance(value, complex):
+        value = complex(value)
+        return ["c", float.hex(value.real), float.hex(value.imag)]
+    if isinstance(value, str):
+        return ["s", str.__str__(value)]
+    if isinstance(value, bytes):
+        return ["b", bytes.hex(value)]
+    if isinstance(value, dict):
+        return ["d", [[_encode(k, depth + 1, budget), _encode(v, depth + 1, budget)] for k, v in dict.items(value)]]
+    for kind, tag in _SEQ:
+        if isinstance(value, kind):
+            return [tag, [_encode(x, depth + 1, budget) for x in kind.__iter__(value)]]
+    raise TypeError("a %s is not data" % type(value).__name__)
+
+
+def _main_calls(fd_in, fd_out):
+    # Bound before the candidate runs, so that patching os or json only spoils its own claims, not the exit.
+    write, exit_, dumps, eval_, encode = os.write, os._exit, json.dumps, eval, _encode
+    payload = _read_payload(fd_in)
+    write(fd_out, b"R")
+    ns = {"__name__": "__main__", "__builtins__": builtins}
     try:
-        proc_dev = os.stat("/proc").st_dev if os.path.isdir("/proc/self") else None
-    except OSError:
-        proc_dev = None
-    refused = frozenset((
-        "sys._current_frames", "sys._current_exceptions", "sys.settrace", "sys.setprofile",
-        "sys.addaudithook", "sys.monitoring.register_callback", "gc.get_objects", "gc.get_referrers",
-        "gc.get_referents", "code.__new__", "marshal.loads", "marshal.load", "sys.remote_exec",
-    ))
-    frame_attrs = frozenset(("tb_frame", "gi_frame", "cr_frame", "ag_frame"))
-
-    class SandboxRefused(PermissionError):
-        pass
-
-    class FrameRefused(ValueError):  # ValueError: namedtuple, enum, typing, logging fall back on it
-        pass
-
-    def hook(event, args):
-        if event == "sys._getframe":
-            raise FrameRefused("frame access is disabled in the sandbox")
-        if event in refused or event.startswith("ctypes."):
-            raise SandboxRefused(event + " is disabled in the sandbox")
-        if event == "object.__getattr__" and args[1] in frame_attrs:
-            raise SandboxRefused(args[1] + " is disabled in the sandbox")
-        if event == "import" and args[0].split(".")[0] in ("ctypes", "_ctypes"):
-            raise SandboxRefused("ctypes is disabled in the sandbox")
-        if event == "open" and proc_dev is not None and isinstance(args[0], (str, bytes)):
-            path = fsdecode(args[0])
-            if "proc" in path.split("/"):
-                raise SandboxRefused("/proc is not readable in the sandbox")
-            try:
-                dev = stat(path).st_dev
-            except (OSError, ValueError):
-                return
-            if dev == proc_dev:
-                raise SandboxRefused("/proc is not readable in the sandbox")
-
-    sys.addaudithook(hook)
-
-
-def _guardian(fd_in, fd_out, box, ready, go):
-    # Everything used after the untrusted code starts is bound here, before it exists.
-    write, close, exit_, exec_, compile_, describe = os.write, os.close, os._exit, exec, compile, _describe
-    try:
-        payload = _read_payload(fd_in)
-        nonce = payload["nonce"].encode("ascii")
-        write(fd_out, b"R")
-        pristine = dict(builtins.__dict__)
-        ns = {"__name__": "__main__", "__builtins__": builtins}
-        try:
-            code = compile_(payload["code"], "<solution>", "exec")
-            setup = compile_(payload["setup"], "<setup>", "exec")
-            checks = compile_(payload["checks"], "<checks>", "exec")
-        except BaseException as exc:
-            write(2, describe(exc, "compile").encode("utf-8", "replace"))
-            exit_(1)
-        payload = None
-        box.extend((code, setup, ns))
-        ready.release()
-        go.acquire()
-        ns["__builtins__"] = pristine
-        try:
-            exec_(checks, ns)
-        except BaseException as exc:
-            write(2, describe(exc, "checks").encode("utf-8", "replace"))
-            exit_(1)
-        else:
-            write(fd_out, nonce)
-            exit_(0)
-    finally:
-        exit_(1)
-
-
-def _main_checked(fd_in, fd_out):
-    exit_, describe, write = os._exit, _describe, os.write
-    box = []
-    ready, go, never = _thread.allocate_lock(), _thread.allocate_lock(), _thread.allocate_lock()
-    ready.acquire()
-    go.acquire()
-    never.acquire()
-    _thread.start_new_thread(_guardian, (fd_in, fd_out, box, ready, go))
-    ready.acquire()  # the guardian holds the nonce and the compiled code; nothing untrusted has run
-    _install_audit_hook()
-    code, setup, ns = box
-    box.clear()
-    try:
+        code = compile(payload["code"], "<solution>", "exec")
+        setup = compile(payload["setup"], "<setup>", "exec")
+        calls = [compile(src, "<test call>", "eval") for src in payload["calls"]]
         exec(code, ns)
         exec(setup, ns)
     except BaseException as exc:
-        write(2, describe(exc, "solution").encode("utf-8", "replace"))
-        exit_(1)
-    go.release()
-    never.acquire()  # the guardian ends the process
+        os.write(2, _describe(exc, "solution").encode("utf-8", "replace"))
+        os._exit(1)
+    out, budget = [], [MAX_NODES]
+    for call in calls:
+        try:
+            value = eval_(call, ns)
+        except BaseException as exc:
+            out.append(["E", type(exc).__name__[:100]])
+            continue
+        try:
+            out.append(encode(value, 0, budget))
+        except BaseException as exc:
+            out.append(["!", str(exc)[:200]])
+    try:
+        data = dumps(out).encode("ascii")
+        if len(data) > MAX_BYTES:
+            data = dumps([["!", "results too large"]] * len(out)).encode("ascii")
+        view = memoryview(data)
+        while view:
+            n = write(fd_out, view)
+            if not n:
+                break
+            view = view[n:]
+    finally:
+        exit_(0)
 
 
 def _main_raw(fd_in, fd_out):
@@ -175,8 +138,8 @@ def _main_raw(fd_in, fd_out):
 
 
 _setup()
-if sys.argv[3] == "checks":
-    _main_checked(int(sys.argv[1]), int(sys.argv[2]))
+if sys.argv[3] == "calls":
+    _main_calls(int(sys.argv[1]), int(sys.argv[2]))
 else:
     _main_raw(int(sys.argv[1]), int(sys.argv[2]))
 '''

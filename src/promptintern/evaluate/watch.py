@@ -1,6 +1,15 @@
 """The parent's watch over a running sandboxed child (used by :mod:`.sandbox`): its output pipes
-drained with a cap, the resident memory of its whole process tree, the kill of its process group,
-and the count of this uid's processes that the process-count rlimit starts from.
+drained with a cap, the memory of its whole process tree, the kill of its process group, and the
+count of this uid's processes that the process-count rlimit starts from.
+
+**Memory the kernel spends for the tree.** Resident pages are not all: data queued in sockets
+lives in kernel memory, invisible to RSS and, measured on this project's machine, to a cgroup v1
+memory limit too (about 2.9 GiB queued in ``AF_UNIX`` socketpairs by 6 processes left the cgroup's
+peak usage at 51 MiB). So every socket the tree holds is charged at the most its buffers can queue, twice the
+larger of ``net.core.wmem_max`` and ``rmem_max`` (the kernel doubles ``SO_SNDBUF``), on top of the
+resident memory. A scored program needs no sockets; the socketpair bomb is killed as soon as its
+sockets could hold more than the cap. Not seen: sockets in flight (sent over ``SCM_RIGHTS`` and
+closed by their holder), which the kernel limits to the open-files rlimit per uid.
 """
 
 from __future__ import annotations
@@ -44,12 +53,29 @@ class PipeReader(threading.Thread):
             os.close(self.fd)
 
 
-def tree_rss_bytes(root_pid: int) -> int:
-    """Resident memory of ``root_pid`` and all its descendants (from the host's /proc; shared pages count per process).
+def socket_cost_bytes() -> int:
+    """The most one socket's buffers can queue: 2 x max(net.core.wmem_max, rmem_max); 8 MiB if unreadable."""
+    sizes = []
+    for name in ("wmem_max", "rmem_max"):
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/sys/net/core/{name}") as f:
+            sizes.append(int(f.read()))
+    return 2 * max(sizes) if sizes else 8 * 2**20
 
-    Why not a cgroup: creating one needs a delegated cgroup tree, which containers and CI runners
-    rarely give; the parent can always read /proc. Over-counting shared pages errs on the safe side.
-    """
+
+def _sockets(pid: int) -> int:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    n = 0
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    return n
+
+
+def _tree(root_pid: int) -> dict[int, int]:
+    """Each process of the tree under ``root_pid`` (included), with its resident pages, from the host's /proc."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in os.scandir("/proc"):
@@ -64,12 +90,27 @@ def tree_rss_bytes(root_pid: int) -> int:
         pid = int(entry.name)
         children.setdefault(int(fields[1]), []).append(pid)
         rss[pid] = int(fields[21])
-    total, todo = 0, [root_pid]
+    tree, todo = {}, [root_pid]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
+        tree[pid] = rss.get(pid, 0)
         todo.extend(children.get(pid, ()))
-    return total * resource.getpagesize()
+    return tree
+
+
+def tree_rss_bytes(root_pid: int) -> int:
+    """Resident memory of ``root_pid`` and all its descendants (shared pages count per process).
+
+    Why not a cgroup: creating one needs a delegated cgroup tree, which containers and CI runners
+    rarely give; the parent can always read /proc. Over-counting shared pages errs on the safe side.
+    """
+    return sum(_tree(root_pid).values()) * resource.getpagesize()
+
+
+def tree_memory_bytes(root_pid: int, socket_cost: int) -> int:
+    """Resident memory of the tree plus ``socket_cost`` for every socket descriptor it holds."""
+    tree = _tree(root_pid)
+    return sum(tree.values()) * resource.getpagesize() + sum(_sockets(pid) for pid in tree) * socket_cost
 
 
 class MemoryGuard(threading.Thread):
@@ -81,11 +122,12 @@ class MemoryGuard(threading.Thread):
         self.stop = threading.Event()
         self.exceeded = False
         self.peak = 0
+        self.socket_cost = socket_cost_bytes()
 
     def run(self) -> None:
         while not self.stop.wait(MEMORY_POLL_S):
             with contextlib.suppress(OSError, ValueError, IndexError):
-                used = tree_rss_bytes(self.pid)
+                used = tree_memory_bytes(self.pid, self.socket_cost)
                 self.peak = max(self.peak, used)
                 if used > self.cap:
                     self.exceeded = True
