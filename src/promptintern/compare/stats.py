@@ -113,3 +113,27 @@ def accuracy(scores: dict[str, dict[int, dict[str, float]]], references: Sequenc
             out["differences"].setdefault(method, {})[ref] = {**bootstrap_difference(a, b, resamples, seed),
                                                               "seeds": common}
     return out
+
+
+def above_floor(scores: dict[str, dict[int, dict[str, float]]], resamples: int, seed: int,
+                base: str = "base-full") -> dict[str, Any]:
+    """Per method: how far it sits above what needs no learning, with a seed-and-item interval.
+
+    The floor is the base model's score on the same items (paired, when ``base`` was compared) or
+    else the metric's floor, 0. ``above`` is True only when the whole interval is above it: a
+    method the data cannot tell from the floor has not learned the task at this budget, and a
+    degenerate interval (every item the same score, e.g. all zero) resolves nothing.
+    """
+    all_ids = [set(s) for runs in scores.values() for s in runs.values()]
+    ids = sorted(set.intersection(*all_ids)) if all_ids else []
+    out: dict[str, Any] = {}
+    for method, runs in scores.items():
+        if not runs or method == base or not ids:
+            continue
+        common = sorted(set(runs) & set(scores.get(base, {})))
+        a = score_matrix([runs[s] for s in (common or sorted(runs))], ids)
+        b = score_matrix([scores[base][s] for s in common], ids) if common else np.zeros_like(a)
+        d = bootstrap_difference(a, b, resamples, seed)
+        out[method] = {**d, "vs": base if common else "floor 0",
+                       "degenerate": d["ci95"][0] == d["ci95"][1], "above": d["ci95"][0] > 0}
+    return out
