@@ -4,6 +4,7 @@ the best checkpoint served, on the toy stages of tests/train_fixtures.py."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -78,3 +79,106 @@ def test_early_stopping_is_checked():
 
     assert "early_stopping_patience" not in RunConfig().identity()["train"]  # older runs keep their fingerprint
     assert RunConfig(train=TrainArgs(early_stopping_patience=2)).identity()["train"]["early_stopping_patience"] == 2
+
+
+# ---------------------------------------------------------------- compare at converge, steps and tokens
+
+from promptintern.cli import main  # noqa: E402
+from promptintern.compare.plan import Plan, load_compare_config  # noqa: E402
+from test_compare import _config  # noqa: E402
+
+CONVERGE = ["compare.methods=[full-prompt,promptintern]", "compare.seeds=1", "compare.budget=converge",
+            "compare.max_epochs=2", "compare.patience=1", "compare.eval_steps=1", "compare.validation_size=4",
+            "train.keep_checkpoints=true", "train.save_total_limit=20"]
+
+
+def _plan(tmp_path: Path, *sets: str) -> Plan:
+    run_raw, args = load_compare_config(str(_config(tmp_path)), list(sets))
+    return Plan(run_raw, args, tmp_path / "out")
+
+
+def test_converge_trains_every_stage_on_all_pairs_to_its_plateau(tmp_path):
+    plan = _plan(tmp_path, *CONVERGE, "compare.stage_max_epochs=1")
+    cfg = plan.config("promptintern", 0)
+    assert cfg.data.stage_mode == "revisit" and cfg.train.early_stopping_patience == 1
+    assert cfg.train.max_steps_per_stage is None and cfg.train.epochs_per_stage == 2
+    assert cfg.train.for_stage(0).epochs_per_stage == 1 and cfg.train.save_steps == 1
+    assert cfg.train.validation_size == 4
+    assert plan.planned_steps("promptintern") == [3, 6] and plan.planned_steps("full-prompt") == [6]  # 6 pairs, batch 2
+    with pytest.raises(ConfigError, match="lr_policy 'one' needs every stage's steps"):
+        _plan(tmp_path, "compare.lr_policy=one")
+
+
+def test_tokens_budget_gives_every_method_full_prompt_fts_tokens(tmp_path):
+    plan = _plan(tmp_path, "compare.budget=tokens", "compare.total_steps=4",
+                 "compare.methods=[full-prompt,query-only,promptintern]")
+    full, query = plan.stage_lengths("full-prompt"), plan.stage_lengths("query-only")
+    assert query[0] < full[0]
+    assert plan.planned_steps("full-prompt") == [4]
+    budget = 4 * 2 * full[0]
+    assert plan.planned_steps("query-only") == [round(budget / (2 * query[0]))]
+    pi = plan.planned_steps("promptintern")
+    assert pi == [round(budget / 2 / (2 * x)) for x in plan.stage_lengths("promptintern")] and pi[0] < pi[1]
+    assert plan.config("query-only", 0).train.max_steps_per_stage == plan.planned_steps("query-only")[0]
+    assert plan.config("promptintern", 0).data.stage_mode == "slice"
+
+
+@pytest.fixture(scope="module")
+def converged(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("converge")
+    config, out = _config(tmp), tmp / "out"
+    sets = [x for s in CONVERGE for x in ("--set", s)]
+    assert main(["--threads", "1", "compare", str(config), "--out", str(out), "--passes", "runs", *sets]) == 0
+    return config, out, sets
+
+
+def _weights(path: Path) -> dict:
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_staged_method_starts_from_full_prompt_fts_best_adapter(converged):
+    _, out, _ = converged
+    full, pi = out / "runs" / "full-prompt" / "seed-0", out / "runs" / "promptintern" / "seed-0"
+    full_stage = json.loads((full / "train" / "history.json").read_text())["stages"][0]
+    assert full_stage["best_step"] and full_stage["stopped"] in ("plateau", "cap")
+    # stage 0 of promptintern is full-prompt FT's served (best) adapter, bit for bit
+    assert _same(_weights(pi / "train" / "stage-0" / "final"), _weights(full / "adapter"))
+    assert _same(_weights(full / "adapter"), _weights(full / "train" / "stage-0" / f"checkpoint-{full_stage['best_step']}"))
+    stages = json.loads((pi / "train" / "history.json").read_text())["stages"]
+    assert stages[0]["reused_from"] == "runs/full-prompt/seed-0/train/stage-0/final"
+    assert stages[0]["train_wall_s"] == full_stage["train_wall_s"]  # stage 0's cost charged to the staged method
+    assert stages[1]["steps"] >= 1 and "reused_from" not in stages[1]
+    results = json.loads((out / "results.json").read_text())
+    m = results["methods"]["promptintern"]
+    rows = m["stages_per_seed"]["0"]
+    assert [r["reused_from"] is not None for r in rows] == [True, False]
+    assert m["train_wall_s_per_seed"][0] >= full_stage["train_wall_s"]
+    assert all(len(r["curve"]) >= 1 for r in rows) and m["runaway_share_per_seed"][0] is not None
+    report = (out / "report.md").read_text()
+    assert "## How each method got there" in report and "= full-prompt FT's" in report
+    assert (out / "plots" / "validation.png").is_file()
+
+
+def test_a_comparison_resumes_inside_a_stage(converged, capsys):
+    """Stage 1 of the staged method cut back to its first checkpoint: the rerun keeps full-prompt FT,
+    resumes stage 1 from that checkpoint, and ends with the same adapter."""
+    config, out, sets = converged
+    pi = out / "runs" / "promptintern" / "seed-0"
+    before = _weights(pi / "adapter")
+    for name in ("adapter", "predictions", "metrics.json", "train/stage-1/final"):
+        path = pi / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for ckpt in (pi / "train" / "stage-1").glob("checkpoint-*"):
+        if int(ckpt.name.rpartition("-")[2]) > 1:
+            shutil.rmtree(ckpt)
+    capsys.readouterr()
+    assert main(["--threads", "1", "compare", str(config), "--out", str(out), "--passes", "runs", *sets]) == 0
+    log = capsys.readouterr().out
+    assert "full-prompt seed 0: finished earlier, kept" in log and "plan: 2 methods × 1 seeds" in log
+    stages = json.loads((pi / "train" / "history.json").read_text())["stages"]
+    assert stages[1]["resumed_from"] == "checkpoint-1"
+    assert _same(_weights(pi / "adapter"), before)
