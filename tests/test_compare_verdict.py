@@ -32,7 +32,7 @@ def _results(scores: dict[str, list[list[float]]], tokens: dict[str, tuple[float
     profile = PriceProfile()
     rows = {m: method_costs(profile, t, {"tokens": 0.0, "wall_s": 0.0}, 0.1) for m, t in methods.items()}
     ref = "full-prompt+cache" if "full-prompt+cache" in rows else "full-prompt"
-    for m, row in rows.items():
+    for row in rows.values():
         row["break_even_vs_reference"] = {b: break_even(row, rows[ref], b) for b in ("training_hosted", "training_compute")}
     return {"methods": methods, "accuracy": acc, "statistic": "sql_execution (mean over items)", "complete": True,
             "pending": [], "cost": {"reference": ref, "compute_per_hour": 0.1,
