@@ -64,31 +64,48 @@ def stage_lengths(cfg: Any) -> list[float]:
     return out
 
 
-def measured_step_seconds(histories: Sequence[dict[str, Any]]) -> float | None:
-    """Median seconds per optimizer step over the stages of finished runs (None before any)."""
-    rates = sorted(float(s["s_per_step"]) for h in histories for s in h.get("stages", []) if s.get("s_per_step"))
-    return rates[len(rates) // 2] if rates else None
+def measured_step_seconds(histories: dict[str, Sequence[dict[str, Any]]]) -> dict[tuple[str, int], float]:
+    """Median seconds per optimizer step per (method, stage index) over the stages already trained
+    (``histories``: method → its runs' train/history.json); ``("*", -1)``: over all of them."""
+    rates: dict[tuple[str, int], list[float]] = {}
+    for method, hs in histories.items():
+        for h in hs:
+            for s in h.get("stages", []):
+                if s.get("s_per_step") and not s.get("reused_from"):
+                    rates.setdefault((method, int(s["stage"])), []).append(float(s["s_per_step"]))
+                    rates.setdefault(("*", -1), []).append(float(s["s_per_step"]))
+    return {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
 
 
 def plan_lines(methods: Sequence[str], seeds: Sequence[int], steps_of: Callable[[str], list[int]],
-               s_per_step: float | None, budget: str) -> list[str]:
+               rates: dict[tuple[str, int], float], budget: str, reused: Sequence[str] = ()) -> list[str]:
     """The plan printed before a comparison starts: methods × seeds, each method's steps (at most,
-    under ``converge``) and the time they take at the measured seconds per step."""
+    under ``converge``) and their time at the seconds per step measured so far (the method's own
+    stage where it has run, else the median of every stage run; a reused stage 0 costs nothing)."""
     lines = [f"plan: {len(methods)} methods × {len(seeds)} seeds ({', '.join(map(str, seeds))}), budget "
              f"{budget}: {BUDGETS[budget]}"]
-    total = 0.0
+    cap = "at most " if budget == "converge" else ""
+    fallback, total, known = rates.get(("*", -1)), 0.0, True
     for m in methods:
         steps = steps_of(m)
-        n = sum(steps)
-        cap = "at most " if budget == "converge" else ""
-        est = f", ≈ {n * s_per_step / 3600:.2f} h per seed" if s_per_step and n else ""
-        lines.append(f"  {m}: {cap}{n} steps {steps or '-'}{est}")
-        total += n * len(seeds) * (s_per_step or 0.0)
-    if s_per_step:
-        lines.append(f"  estimated training time {'at most ' if budget == 'converge' else ''}"
-                     f"{total / 3600:.2f} h at {s_per_step:.2f} s per step (measured on finished runs)")
+        secs = 0.0
+        for i, n in enumerate(steps):
+            rate = rates.get((m, i), fallback)
+            if m in reused and i == 0:
+                continue
+            if rate is None:
+                known = False
+                break
+            secs += n * rate
+        note = " (stage 0: full-prompt FT's)" if m in reused else ""
+        est = f", ≈ {secs / 3600:.2f} h per seed" if known and steps else ""
+        lines.append(f"  {m}: {cap}{sum(steps)} steps {steps or '-'}{note}{est}")
+        total += secs * len(seeds)
+    if known and fallback is not None:
+        lines.append(f"  training time {cap}≈ {total / 3600:.2f} h at the seconds per step measured so far "
+                     "(serving and scoring the test set come on top)")
     else:
-        lines.append("  no step time measured yet: the estimate follows the first finished run")
+        lines.append("  no step time measured yet: the estimate follows the first finished stage")
     return lines
 
 

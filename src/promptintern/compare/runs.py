@@ -41,9 +41,10 @@ def run_all(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
     trained = [m for m in plan.args.ordered_methods() if not METHODS[m].prefix_cache_of]
     if any(reusable(plan, m) for m in trained):  # the staged methods start from its stage 0
         trained.sort(key=lambda m: m != REFERENCE)
-    done = [read_json(plan.run_dir(m, s) / "train" / "history.json") for m in trained for s in plan.seeds
-            if (plan.run_dir(m, s) / "train" / "history.json").is_file()]
-    for line in plan_lines(trained, plan.seeds, plan.planned_steps, measured_step_seconds(done), plan.args.budget):
+    histories = {m: [read_json(plan.run_dir(m, s) / "train" / "history.json") for s in plan.seeds
+                     if (plan.run_dir(m, s) / "train" / "history.json").is_file()] for m in trained}
+    for line in plan_lines(trained, plan.seeds, plan.planned_steps, measured_step_seconds(histories),
+                           plan.args.budget, [m for m in trained if reusable(plan, m)]):
         log(line)
     for seed in plan.seeds:
         for method in trained:  # a prefix-cache method has no run: its source's adapter, cached
