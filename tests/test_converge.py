@@ -191,12 +191,12 @@ def test_the_plan_estimates_time_from_measured_step_times():
                  "promptintern": [{"stages": [{"stage": 0, "s_per_step": 60.0, "reused_from": "x"},
                                               {"stage": 1, "s_per_step": 30.0}]}]}
     rates = measured_step_seconds(histories)
-    assert rates == {("full-prompt", 0): 60.0, ("promptintern", 1): 30.0, ("*", -1): 30.0}  # a reused stage is no measurement
+    assert rates == {("full-prompt", 0): 60.0, ("promptintern", 1): 30.0, ("*", -1): 60.0}  # a reused stage is no measurement
     steps = {"full-prompt": [180], "promptintern": [180, 180, 180]}
     lines = plan_lines(list(steps), [0, 1], steps.get, rates, "converge", reused=["promptintern"])
     assert lines[0].startswith("plan: 2 methods × 2 seeds (0, 1), budget converge")
     assert lines[1] == "  full-prompt: at most 180 steps [180], ≈ 3.00 h per seed"
-    # stage 0 reused (no time), stage 1 at its own 30 s, stage 2 at the median of all measured (30 s)
-    assert lines[2] == "  promptintern: at most 540 steps [180, 180, 180] (stage 0: full-prompt FT's), ≈ 3.00 h per seed"
-    assert "≈ 12.00 h" in lines[3]
+    # stage 0 reused (no time), stage 1 at its own 30 s, stage 2 at the (upper) median of all measured, 60 s
+    assert lines[2] == "  promptintern: at most 540 steps [180, 180, 180] (stage 0: full-prompt FT's), ≈ 4.50 h per seed"
+    assert "≈ 15.00 h" in lines[3]
     assert "no step time measured yet" in plan_lines(["full-prompt"], [0], steps.get, {}, "steps")[-1]
