@@ -226,7 +226,7 @@ def _plan_section(results: dict[str, Any]) -> list[str]:
              + f"; seeds {p['seeds']} ({p['seed_changes']}).", "",
              f"LR schedule policy: `{p['lr_policy']}` ({p['lr_scheduler']}, warm-up ratio {p['warmup_ratio']}): "
              f"{p['lr_policy_means']}.", "",
-             "| method | what | steps per stage | stage data | training wall s per seed | whole run (train + serve + "
+             "| method | what | steps per stage (converge: the caps) | stage data | training wall s per seed | whole run (train + serve + "
              "score) wall s per seed |", "|---|---|---|---|---|---|"]
     for m, d in p["methods"].items():
         wall = results["methods"].get(m, {}).get("train_wall_s_per_seed", [])

@@ -3,8 +3,10 @@
 A (method, seed) is finished when its run directory holds ``metrics.json`` written by a run of
 the same config (``run.json``'s fingerprint); it is then skipped without loading a model. An
 unfinished one is handed to :func:`promptintern.pipeline.run` with ``resume=True``, which picks
-up at its last checkpoint or prediction batch. Everything read back here (metrics.json, the
-training history, the stage files) is what the pipeline itself wrote.
+up at its last checkpoint or prediction batch. Under ``converge`` a staged method's run
+directory may first be given full-prompt FT's finished stage 0 (:mod:`.reuse`), so full-prompt
+FT runs first. Everything read back here (metrics.json, the training history, the stage files)
+is what the pipeline itself wrote.
 """
 
 from __future__ import annotations
