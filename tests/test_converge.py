@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from promptintern.errors import ConfigError
 from promptintern.trainer import LoraArgs, TrainArgs, train_stages
@@ -200,3 +201,33 @@ def test_the_plan_estimates_time_from_measured_step_times():
     assert lines[2] == "  promptintern: at most 540 steps [180, 180, 180] (stage 0: full-prompt FT's), ≈ 4.50 h per seed"
     assert "≈ 15.00 h" in lines[3]
     assert "no step time measured yet" in plan_lines(["full-prompt"], [0], steps.get, {}, "steps")[-1]
+
+
+class _CrashAfter(TrainerCallback):
+    """Fails the run right after checkpoint ``step`` is on disk (a crash at a known point)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_stage_keeps_its_count_of_scorings_without_improvement(tmp_path):
+    """Crash at the checkpoint after the first scoring without improvement: the resumed stage stops
+    where the uninterrupted one did, with the same adapter (the count is not restarted at 0)."""
+    [whole] = _train(tmp_path / "whole", rising, early_stopping_patience=2)
+    best = whole["best_step"]
+    args = toy_args(max_steps_per_stage=None, epochs_per_stage=3, save_steps=1, keep_checkpoints=True,
+                    save_total_limit=20, early_stopping_patience=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_stages(toy_stages(1), model_name="tiny-random", lora=LoraArgs(), args=args, run_dir=tmp_path / "cut",
+                     validation=rising, callbacks=[_CrashAfter(best + 1)])
+    train_stages(toy_stages(1), model_name="tiny-random", lora=LoraArgs(), args=args, run_dir=tmp_path / "cut",
+                 validation=rising, resume=True)
+    [resumed] = json.loads((tmp_path / "cut" / "train" / "history.json").read_text())["stages"]
+    assert resumed["resumed_from"] == f"checkpoint-{best + 1}"
+    assert (resumed["steps"], resumed["best_step"], resumed["stopped"]) == (whole["steps"], best, "plateau")
+    a, b = (load_file(str(tmp_path / d / "adapter" / "adapter_model.safetensors")) for d in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

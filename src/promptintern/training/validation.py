@@ -63,7 +63,22 @@ def early_stopping(patience: int | None) -> list[Any]:
         return []
     from transformers import EarlyStoppingCallback
 
-    return [EarlyStoppingCallback(early_stopping_patience=patience)]
+    class ResumableEarlyStopping(EarlyStoppingCallback):
+        """EarlyStoppingCallback whose count of scorings without improvement survives a resume.
+
+        The Trainer stores the count in every checkpoint (``stateful_callbacks``) but restores it
+        only under ``restore_callback_states_from_checkpoint``, which would also try to restore our
+        own bookkeeping there as a callback; without it a resumed stage would count from 0 and stop
+        later than the uninterrupted run.
+        """
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            super().on_train_begin(args, state, control, **kwargs)
+            saved = state.stateful_callbacks.get(type(self).__name__)
+            if state.global_step > 0 and isinstance(saved, dict):
+                self.early_stopping_patience_counter = int(saved["attributes"]["early_stopping_patience_counter"])
+
+    return [ResumableEarlyStopping(early_stopping_patience=patience)]
 
 
 def stop_record(state: Any, patience: int | None) -> dict[str, Any]:
