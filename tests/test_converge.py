@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -231,3 +232,19 @@ def test_a_resumed_stage_keeps_its_count_of_scorings_without_improvement(tmp_pat
     assert (resumed["steps"], resumed["best_step"], resumed["stopped"]) == (whole["steps"], best, "plateau")
     a, b = (load_file(str(tmp_path / d / "adapter" / "adapter_model.safetensors")) for d in ("whole", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_converge_without_a_validation_split_is_one_line_before_anything_runs(tmp_path, capsys):
+    task_dir = tmp_path / "task"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "sql", task_dir)
+    spec = (task_dir / "task.yaml").read_text()
+    (task_dir / "task.yaml").write_text(spec.replace("  validation: validation.jsonl\n", ""))
+    config = _config(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    raw["run"]["task"] = str(task_dir / "task.yaml")
+    raw["compare"]["budget"] = "converge"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["compare", str(config), "--out", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "compare.budget 'converge'" in err[0] and "compare.budget=steps" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -210,7 +210,11 @@ class Plan:
             if owned:
                 raise ConfigError(f"run.train.stage_overrides.{index}.{owned[0]}: compare sets every stage's steps "
                                   "itself (equal steps for every method); remove it")
-        _, train, _ = load_data(self.base)
+        task, train, _ = load_data(self.base)
+        if self.args.budget == "converge" and not task.has_split("validation"):
+            raise ConfigError(f"compare.budget 'converge' scores a validation sample, and task {task.name} has no "
+                              "validation split: declare one (data: {validation: FILE} in the task file) or use "
+                              "--set compare.budget=steps")
         self.n_train = len(train)
         t = self.base.train
         self.per_step = t.per_device_batch_size * t.gradient_accumulation_steps
