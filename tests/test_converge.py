@@ -108,7 +108,7 @@ def test_converge_trains_every_stage_on_all_pairs_to_its_plateau(tmp_path):
     assert cfg.train.validation_size == 4
     assert plan.planned_steps("promptintern") == [3, 6] and plan.planned_steps("full-prompt") == [6]  # 6 pairs, batch 2
     with pytest.raises(ConfigError, match="lr_policy 'one' needs every stage's steps"):
-        _plan(tmp_path, "compare.lr_policy=one")
+        _plan(tmp_path, "compare.budget=converge", "compare.lr_policy=one")
 
 
 def test_tokens_budget_gives_every_method_full_prompt_fts_tokens(tmp_path):
