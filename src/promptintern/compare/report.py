@@ -35,7 +35,8 @@ def verdict_text(results: dict[str, Any]) -> str:
         hedge = " (for now)" if v.get("undecided") else ""
         lines.append(f"**Keep the prompt{hedge}.** No method that drops it is shown to be both as accurate as "
                      f"full-prompt FT (the lower end of its 95% interval within {tol:g} points of {stat}) and "
-                     f"cheaper than serving full-prompt FT from the prefix cache (`{ref}`), under the "
+                     f"cheaper than {'serving full-prompt FT from the prefix cache' if ref != 'full-prompt' else 'full-prompt FT'} "
+                     f"(`{ref}`), under the "
                      f"`{v['profile']}` prices.")
     else:
         d = v["diff"]
