@@ -248,3 +248,19 @@ def test_converge_without_a_validation_split_is_one_line_before_anything_runs(tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "compare.budget 'converge'" in err[0] and "compare.budget=steps" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_tokens_run_trains_the_token_matched_steps(tmp_path):
+    """query-only under `tokens`: its run trains the steps that spend full-prompt FT's tokens in
+    total_steps steps — more steps than full-prompt FT, its records being shorter."""
+    sets = ["compare.methods=[query-only]", "compare.seeds=1", "compare.budget=tokens", "compare.total_steps=2"]
+    plan = _plan(tmp_path, *sets, "compare.methods=[full-prompt,query-only]")
+    want = plan.planned_steps("query-only")
+    assert want[0] > 2
+    config, out = _config(tmp_path), tmp_path / "run"
+    assert main(["--threads", "1", "compare", str(config), "--out", str(out), "--passes", "runs",
+                 *[x for s in sets for x in ("--set", s)]]) == 0
+    history = json.loads((out / "runs" / "query-only" / "seed-0" / "train" / "history.json").read_text())
+    assert [s["steps"] for s in history["stages"]] == want
+    results = json.loads((out / "results.json").read_text())
+    assert results["plan"]["budget"] == "tokens" and results["methods"]["query-only"]["train_steps"] == [sum(want)]
