@@ -49,6 +49,9 @@ def test_an_all_zero_reference_recommends_nothing():
     r = _results({"full-prompt": zero, "promptintern": zero, "query-only": [_hits(0.08, s) for s in range(SEEDS)]},
                  {**TOKENS, "promptintern": (60.0, 20.7, 0.0), "query-only": (60.0, 32.6, 0.0)})
     assert r["accuracy"]["differences"]["promptintern"]["full-prompt"]["ci95"] == [0.0, 0.0]
+    assert r["accuracy"]["methods"]["full-prompt"]["ci95"] == [0.0, 0.0]
+    lo, hi = r["accuracy"]["methods"]["query-only"]["ci95"]
+    assert lo < r["accuracy"]["methods"]["query-only"]["mean"] < hi  # the accuracy's own seed-and-item interval
     v = verdict(r, CompareArgs())
     r["verdict"] = v
     assert not v["decided"] and v["learned"] is False and "cheapest_as_accurate" not in v

@@ -103,7 +103,7 @@ def _accuracy_section(results: dict[str, Any]) -> list[str]:
              f"{acc['n_items']} test items. Differences: bootstrap over test items and seeds "
              f"({results['resamples']:,} resamples); "
              "significant only when the 95% interval excludes 0.", "",
-             "| method | mean | sd over seeds | per seed | run's own headline per seed | Δ vs full-prompt [95% CI] | Δ vs query-only [95% CI] |",
+             "| method | mean [95% CI, items × seeds] | sd over seeds | per seed | run's own headline per seed | Δ vs full-prompt [95% CI] | Δ vs query-only [95% CI] |",
              "|---|---|---|---|---|---|---|"]
     for m, s in acc["methods"].items():
         d = acc["differences"].get(m, {})
@@ -113,7 +113,8 @@ def _accuracy_section(results: dict[str, Any]) -> list[str]:
             cells.append(f"{x['diff']:+.2f} {_ci(x['ci95'])}{' *' if x['significant'] else ''}" if x else "-")
         sd = f"{s['sd_over_seeds']:.2f}" if s["sd_over_seeds"] is not None else "-"
         own = ", ".join(f"{x:.2f}" for x in results["methods"][m]["headline_metric_per_seed"])
-        lines.append(f"| {m} | {s['mean']:.2f} | {sd} | {', '.join(f'{x:.2f}' for x in s['per_seed'])} | {own} | "
+        ci = f" [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]" if s.get("ci95") else ""
+        lines.append(f"| {m} | {s['mean']:.2f}{ci} | {sd} | {', '.join(f'{x:.2f}' for x in s['per_seed'])} | {own} | "
                      f"{cells[0]} | {cells[1]} |")
     return lines + ["", "`*`: the interval excludes 0. `full-prompt+cache` answers with full-prompt's weights and "
                     "prompt (greedy), so its scores are full-prompt's.", ""]

@@ -101,8 +101,9 @@ def accuracy(scores: dict[str, dict[int, dict[str, float]]], references: Sequenc
     out: dict[str, Any] = {"n_items": len(ids), "methods": {}, "differences": {}}
     for method, runs in scores.items():
         if runs:
-            out["methods"][method] = {**summary(score_matrix([runs[s] for s in sorted(runs)], ids)),
-                                      "seeds": sorted(runs)}
+            matrix = score_matrix([runs[s] for s in sorted(runs)], ids)
+            ci = bootstrap_difference(matrix, np.zeros_like(matrix), resamples, seed)["ci95"] if ids else None
+            out["methods"][method] = {**summary(matrix), "seeds": sorted(runs), "ci95": ci}
     for ref in references:
         for method, runs in scores.items():
             common = sorted(set(runs) & set(scores.get(ref, {})))
