@@ -58,7 +58,7 @@ TRAINING_ARGUMENTS_OURS = {
     "bf16": "train.dtype", "fp16": "train.dtype", "save_steps": "train.save_steps",
     "save_total_limit": "train.save_total_limit", "logging_steps": "train.logging_steps",
     "report_to": "train.report_to", "dataloader_num_workers": "train.dataloader_num_workers",
-    "load_best_model_at_end": "train.select_best",
+    "load_best_model_at_end": "train.select_best", "early_stopping_patience": "train.early_stopping_patience",
 }
 TRAINING_ARGUMENTS_RESERVED = ("output_dir", "run_name", "eval_strategy", "save_strategy", "logging_strategy",
                                "remove_unused_columns", "label_names", "disable_tqdm", "resume_from_checkpoint",
@@ -180,6 +180,7 @@ class TrainArgs:
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept per stage (older ones are deleted).", "volatile": True})
     validation_size: int | None = field(default=32, metadata={"help": "Validation records each stage is scored on after it ends (a seeded sample of the task's validation split, each built with the stage's own prompt): the mean answer-token cross-entropy, 'validation_loss' in train/history.json and the report. 0 = off, null = the whole split. Skipped when the task has no validation split. Does not change the weights (may change on resume) unless select_best is on."})
     select_best: bool = field(default=False, metadata={"help": "Last stage only: score the validation loss at every checkpoint (save_steps) and end the run with the checkpoint whose loss is lowest instead of the last one (the Trainer's load_best_model_at_end); the chosen step is 'best_step' in history.json. Needs a validation split and validation_size > 0."})
+    early_stopping_patience: int | None = field(default=None, metadata={"help": "Every stage: score the validation loss at every checkpoint (save_steps), stop the stage once it has not improved for this many scorings (the Trainer's EarlyStoppingCallback), and end the stage with its best checkpoint; epochs_per_stage / max_steps_per_stage are then the cap. The stage's 'stopped' in history.json says which ended it. null = off. Needs validation records."})
     keep_checkpoints: bool = field(default=False, metadata={"help": "Keep a stage's checkpoints after it is done (they are only needed to resume inside it).", "volatile": True})
     logging_steps: int = field(default=10, metadata={"help": "Log loss / LR / grad-norm every N optimizer steps.", "volatile": True})
     report_to: str = field(default="none", metadata={"help": "Experiment trackers, comma-separated (none, tensorboard, wandb, trackio, ...).", "volatile": True})
@@ -228,6 +229,11 @@ class TrainArgs:
             raise ConfigError(f"train.validation_size must be >= 0 or null, got {self.validation_size}")
         if self.select_best and not self.validates():
             raise ConfigError("train.select_best needs validation records; set train.validation_size > 0 (or null)")
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience < 1:
+                raise ConfigError(f"train.early_stopping_patience must be >= 1 or null, got {self.early_stopping_patience}")
+            if not self.validates():
+                raise ConfigError("train.early_stopping_patience needs validation records; set train.validation_size > 0")
         check_extra("train.extra", self.extra, TRAINING_ARGUMENTS_OURS, TRAINING_ARGUMENTS_RESERVED)
         if self.dataloader_num_workers < 0:
             raise ConfigError(f"train.dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}")
@@ -284,7 +290,9 @@ class TrainArgs:
         skip = () if self.uses_teacher() else KL_FIELDS
         skip += () if self.extra else ("extra",)
         # The validation set changes the weights only through select_best (then it is part of the run).
-        skip += () if self.select_best else ("validation_size", "select_best")
+        scored = self.select_best or self.early_stopping_patience is not None
+        skip += () if scored else ("validation_size", "select_best")
+        skip += () if self.early_stopping_patience is not None else ("early_stopping_patience",)
         skip += ("lr_span",) if self.lr_span == "stage" else ()
         return skip + (("dtype",) if self.dtype == "auto" else ())
 

@@ -172,8 +172,9 @@ def load_validation(cfg: RunConfig, task: Task, p: MethodPlan) -> list[Instance]
     """The validation instances stages are scored on: a seeded sample of ``train.validation_size``
     (none when nothing trains, validation is off, or the task has no validation split)."""
     if not (p.trains and cfg.train.validates() and task.has_split("validation")):
-        if p.trains and cfg.train.select_best:
-            raise ConfigError(f"train.select_best: task {task.name} has no validation split "
+        if p.trains and (cfg.train.select_best or cfg.train.early_stopping_patience is not None):
+            what = "select_best" if cfg.train.select_best else "early_stopping_patience"
+            raise ConfigError(f"train.{what}: task {task.name} has no validation split "
                               "(declare one, e.g. data: {validation: validation.jsonl} in the task file)")
         return []
     items = task.load_split("validation", cfg.data_dir)

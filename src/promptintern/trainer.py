@@ -111,7 +111,7 @@ from .training.hf import (  # noqa: F401  (re-exported)
     resolve_dtype,
 )
 from .training.loss import answer_loss  # noqa: F401  (re-exported)
-from .training.validation import stage_validation
+from .training.validation import early_stopping, stage_validation, stop_record
 
 logger = logging.getLogger(__name__)
 
@@ -176,9 +176,11 @@ def _train_stage(
     if not data:
         raise DataError(f"stage {stage.index}: no record fits max_length={args.max_length} tokens")
     val_data = _validation_data(sess, stage, args)
-    select_best = last and args.select_best
+    early_stop = args.early_stopping_patience is not None
+    select_best = (last and args.select_best) or early_stop
     if select_best and not val_data:
-        raise DataError(f"train.select_best: stage {stage.index} has no validation record within max_length")
+        what = "early_stopping_patience" if early_stop else "select_best"
+        raise DataError(f"train.{what}: stage {stage.index} has no validation record within max_length")
     tok = sess.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     carry = checkpoint_carry(checkpoint)
@@ -191,7 +193,7 @@ def _train_stage(
         eval_dataset=val_data if select_best else None,
         data_collator=PadCollator(pad_id),
         callbacks=[_progress_callback_class()(sess.progress, label),
-                   *sess.callbacks],
+                   *early_stopping(args.early_stopping_patience), *sess.callbacks],
         loss=args.loss,
         optimizer_state=optimizer_state if args.optimizer_state == "keep" else None,
         teacher=sess.teacher,
@@ -211,6 +213,7 @@ def _train_stage(
     steps_run = result.global_step - (_checkpoint_step(checkpoint) if checkpoint else 0)
     carried = trainer.optimizer.state_dict()["state"] if keep_optimizer else None
     validation = stage_validation(trainer, val_data, select_best)  # after the stage (the best checkpoint's weights)
+    validation.update(stop_record(trainer.state, args.early_stopping_patience))
     summary = {
         "stage": stage.index, "tau": stage.tau, "k": stage.k, "n_records": len(stage.records),
         "n_dropped": len(dropped), "steps": result.global_step, "train_loss": result.training_loss,

@@ -17,9 +17,10 @@ from typing import Any
 
 from ..io import read_json, write_json
 from .cost import break_even, method_costs
-from .plan import METHODS, REFERENCES, CompareArgs, Plan, load_compare_config
+from .plan import METHODS, REFERENCES, Plan, load_compare_config
 from .runs import finished, read_run, run_all
-from .stats import accuracy, item_scores, more_data_needed, statistic_name
+from .stats import above_floor, accuracy, item_scores, statistic_name
+from .verdict import verdict
 
 PASSES = ("runs", "speed", "scaling")
 
@@ -181,6 +182,7 @@ def collect(plan: Plan) -> dict[str, Any]:
     scores = {m: {s: item_scores(r["system"], metric) for s, r in rs.items()} for m, rs in runs.items()}
     acc = accuracy(scores, [r for r in REFERENCES if r in plan.args.methods], plan.args.resamples,
                    plan.args.bootstrap_seed) if metric else {"methods": {}, "differences": {}, "n_items": 0}
+    acc["floor"] = above_floor(scores, plan.args.resamples, plan.args.bootstrap_seed) if metric else {}
     methods = {m: _method_summary(plan, m, rs, speed) for m, rs in runs.items() if rs}
     for m, summary in methods.items():
         source = METHODS[m].prefix_cache_of or m
@@ -213,6 +215,11 @@ def _method_summary(plan: Plan, method: str, rs: dict[int, dict[str, Any]], spee
         "train_wall_s_per_seed": [r["train_wall_s"] for r in rs.values()],
         "train_tokens_mean": _mean([r["train_tokens"] for r in rs.values()]),
         "run_dirs": [r["run_dir"] for r in rs.values()],
+        "stages_per_seed": {s: r["stages"] for s, r in rs.items()},
+        "to_best_tokens_per_seed": [r["to_best"]["tokens"] for r in rs.values()],
+        "to_best_wall_s_per_seed": [r["to_best"]["wall_s"] for r in rs.values()],
+        "validation_s_mean": _mean([sum(st["validation_s"] for st in r["stages"]) for r in rs.values()]),
+        "runaway_share_per_seed": [r["runaway_share"] for r in rs.values()],
     }
     if METHODS[method].prefix_cache_of:
         out["cached_tokens"] = _prefix_tokens(plan, method, next(iter(rs)), speed)
@@ -273,37 +280,4 @@ def _paired_speedups(speed: dict[str, Any], lengths: Sequence[int]) -> dict[str,
                     out.setdefault(m, {}).setdefault(f"vs_{ref}", {})[L] = {
                         "median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
                         "n": len(ratios)}
-    return out
-
-
-def verdict(results: dict[str, Any], args: CompareArgs) -> dict[str, Any]:
-    """The cheapest method within ``tolerance`` of full-prompt FT (non-inferior: the interval's lower
-    end at or above −tolerance), or what the data cannot tell and how much more would."""
-    tol, diffs = args.tolerance, results["accuracy"]["differences"]
-    profile = args.cost.profiles[0].name
-    costs = results["cost"]["profiles"].get(profile, {}).get("methods", {})
-    ref = results["cost"]["reference"]
-    if "full-prompt" not in results["methods"] or ref not in costs:
-        return {"decided": False, "text": "the full-prompt FT reference has not finished yet: no verdict"}
-    as_accurate, undecided, worse = [ref], [], []
-    for m in results["methods"]:
-        if m in ("full-prompt", "full-prompt+cache"):
-            continue
-        d = diffs.get(m, {}).get("full-prompt")
-        if d is None:
-            continue
-        if d["ci95"][0] >= -tol:
-            as_accurate.append(m)
-        elif d["ci95"][1] < -tol:
-            worse.append(m)
-        else:
-            undecided.append({"method": m, "diff": d["diff"], "ci95": d["ci95"], "more": more_data_needed(d, tol)})
-    best = min(as_accurate, key=lambda m: costs[m]["per_query"])
-    out: dict[str, Any] = {"decided": True, "tolerance": tol, "profile": profile, "reference": ref,
-                           "cheapest_as_accurate": best, "as_accurate": as_accurate, "worse": worse,
-                           "undecided": [u for u in undecided if costs[u["method"]]["per_query"] < costs[best]["per_query"]]}
-    if best != ref:
-        out.update(diff=diffs[best]["full-prompt"], per_query_saving=costs[ref]["per_query"] - costs[best]["per_query"],
-                   break_even=costs[best]["break_even_vs_reference"])
-    out["decided"] = not out["undecided"]
     return out

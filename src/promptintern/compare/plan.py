@@ -8,9 +8,10 @@ other ``--set`` the run config.
 Fairness, stated in the results rather than assumed:
 
 - every fine-tuned method trains on the same training pairs (the run config's sample, whose
-  ``data.seed`` stays fixed) for the same total number of optimizer steps; a method with N
-  stages splits them between its stages (``stage_mode: slice``: each stage its own share of the
-  pairs), except the ``-revisit`` variant, which by design runs them in every stage;
+  ``data.seed`` stays fixed), as much as ``compare.budget`` says (:mod:`.budget`): to its
+  validation plateau (``converge``, every stage on all pairs), or for the same optimizer steps
+  or training tokens (``steps`` / ``tokens``: a method with N stages splits them between its
+  stages, each stage its own slice of the pairs, except the ``-revisit`` variant);
 - a seed changes ``train.seed``: LoRA initialisation, dropout and data order;
 - the LR schedule policy is a choice (:data:`LR_POLICIES`) recorded with the results.
 """
@@ -28,6 +29,7 @@ from ..config import RunConfig
 from ..configtools import apply_overrides, from_dict, load_yaml
 from ..errors import ConfigError
 from ..methods import plan as method_plan
+from .budget import BUDGETS, converge_train, stage_lengths, steps_per_epoch, token_matched_steps
 from .cost import CostArgs
 from .speed import ScalingArgs, SpeedArgs
 
@@ -92,8 +94,15 @@ class CompareArgs:
 
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS), metadata={"help": f"Methods to compare; choose from {', '.join(METHODS)}."})
     seeds: int = field(default=3, metadata={"help": "Training seeds 0..N-1 per method (train.seed: LoRA init, dropout, data order)."})
-    total_steps: int | None = field(default=None, metadata={"help": "Optimizer steps of every fine-tuned method; null = ceil(train pairs / batch) × epochs."})
-    epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs when total_steps is derived."})
+    budget: str = field(default="converge", metadata={"help": "How much each method trains: " + "; ".join(f"'{k}': {v}" for k, v in BUDGETS.items()) + ".", "choices": tuple(BUDGETS)})
+    patience: int = field(default=3, metadata={"help": "converge: validation scorings without improvement that end a stage."})
+    max_epochs: float = field(default=10.0, metadata={"help": "converge: cap on the passes over all pairs per stage."})
+    stage_max_epochs: float | None = field(default=None, metadata={"help": "converge: cap of a staged method's earlier stages (null = their own plateau, capped at max_epochs)."})
+    eval_steps: int | None = field(default=None, metadata={"help": "converge: optimizer steps between validation scorings (and checkpoints); null = one scoring per pass over the pairs."})
+    validation_size: int = field(default=16, metadata={"help": "converge: the fixed validation sample (seeded, the task's validation split) every scoring runs, through the shared prefix as training does."})
+    reuse_stage0: bool = field(default=True, metadata={"help": "converge: a staged method whose first stage is full-prompt FT's training (same prompt, pairs, seed and settings) starts its next stage from full-prompt FT's best adapter of the same seed instead of training stage 0 again; its cost is still charged to the staged method."})
+    total_steps: int | None = field(default=None, metadata={"help": "steps / tokens: optimizer steps of every fine-tuned method (tokens: of full-prompt FT, whose tokens every method gets); null = ceil(train pairs / batch) × epochs."})
+    epochs: float = field(default=1.0, metadata={"help": "steps / tokens: passes over the training pairs when total_steps is derived."})
     lr_policy: str = field(default="restart", metadata={"help": "; ".join(f"'{k}': {v}" for k, v in LR_POLICIES.items()), "choices": tuple(LR_POLICIES)})
     tolerance: float = field(default=1.0, metadata={"help": "Accuracy points a method may lose against full-prompt FT and still count as 'as accurate' (non-inferiority margin of the verdict)."})
     resamples: int = field(default=10000, metadata={"help": "Bootstrap resamples (over test items and seeds) of every difference."})
@@ -116,6 +125,17 @@ class CompareArgs:
             raise ConfigError(f"compare.total_steps must be >= 1 or null, got {self.total_steps}")
         if self.epochs <= 0:
             raise ConfigError(f"compare.epochs must be > 0, got {self.epochs}")
+        if self.budget not in BUDGETS:
+            raise ConfigError(f"compare.budget: {self.budget!r} is not one of {', '.join(BUDGETS)}")
+        if self.patience < 1 or self.max_epochs <= 0 or self.validation_size < 1:
+            raise ConfigError("compare.patience and compare.validation_size must be >= 1, compare.max_epochs > 0")
+        if self.stage_max_epochs is not None and self.stage_max_epochs <= 0:
+            raise ConfigError(f"compare.stage_max_epochs must be > 0 or null, got {self.stage_max_epochs}")
+        if self.eval_steps is not None and self.eval_steps < 1:
+            raise ConfigError(f"compare.eval_steps must be >= 1 or null, got {self.eval_steps}")
+        if self.budget == "converge" and self.lr_policy == "one":
+            raise ConfigError("compare.lr_policy 'one' needs every stage's steps before training; budget 'converge' "
+                              "does not know them (use 'restart' or 'constant')")
         if self.tolerance < 0:
             raise ConfigError(f"compare.tolerance must be >= 0, got {self.tolerance}")
         if self.resamples < 1:
@@ -190,12 +210,17 @@ class Plan:
             if owned:
                 raise ConfigError(f"run.train.stage_overrides.{index}.{owned[0]}: compare sets every stage's steps "
                                   "itself (equal steps for every method); remove it")
-        _, train, _ = load_data(self.base)
+        task, train, _ = load_data(self.base)
+        if self.args.budget == "converge" and not task.has_split("validation"):
+            raise ConfigError(f"compare.budget 'converge' scores a validation sample, and task {task.name} has no "
+                              "validation split: declare one (data: {validation: FILE} in the task file) or use "
+                              "--set compare.budget=steps")
         self.n_train = len(train)
         t = self.base.train
-        per_step = t.per_device_batch_size * t.gradient_accumulation_steps
+        self.per_step = t.per_device_batch_size * t.gradient_accumulation_steps
         self.total_steps = self.args.total_steps or max(
-            1, math.ceil(math.ceil(self.n_train / per_step) * self.args.epochs))
+            1, math.ceil(steps_per_epoch(self.n_train, self.per_step) * self.args.epochs))
+        self._lengths: dict[str, list[float]] = {}
 
     @property
     def seeds(self) -> list[int]:
@@ -205,20 +230,46 @@ class Plan:
         src = METHODS[method].prefix_cache_of or method
         return self.out / "runs" / src / f"seed-{seed}"
 
-    def planned_steps(self, method: str) -> list[int]:
+    def n_stages(self, method: str) -> int:
         spec = METHODS[method]
         schedule = replace(self.base.schedule, shape=spec.shape or self.base.schedule.shape)
-        p = method_plan(spec.pipeline, schedule, self.base.compressed_tau)
-        return steps_per_stage(self.total_steps, len(p.points), spec.revisit)
+        return len(method_plan(spec.pipeline, schedule, self.base.compressed_tau).points)
 
-    def config(self, method: str, seed: int) -> RunConfig:
-        """The pipeline config of (``method``, ``seed``); a prefix-cache method's is its source's."""
+    @property
+    def eval_steps(self) -> int:
+        """converge: steps between validation scorings (default: one per pass over the pairs)."""
+        return self.args.eval_steps or steps_per_epoch(self.n_train, self.per_step)
+
+    def stage_mode(self, method: str) -> str:
+        """A stage's pairs: all of them in every stage (converge, ``-revisit``) or one slice per stage."""
+        return "revisit" if METHODS[method].revisit or self.args.budget == "converge" else "slice"
+
+    def planned_steps(self, method: str) -> list[int]:
+        """Steps per stage: exact under steps / tokens, the caps under converge."""
+        n = self.n_stages(method)
+        if self.args.budget == "converge":
+            epoch = steps_per_epoch(self.n_train, self.per_step)
+            early = self.args.stage_max_epochs or self.args.max_epochs
+            return [math.ceil(epoch * (early if i < n - 1 else self.args.max_epochs)) for i in range(n)]
+        if self.args.budget == "tokens" and n:
+            ref = self.stage_lengths("full-prompt")[0] * self.total_steps * self.per_step
+            return token_matched_steps(ref, self.stage_lengths(method), self.per_step)
+        return steps_per_stage(self.total_steps, n, METHODS[method].revisit)
+
+    def stage_lengths(self, method: str) -> list[float]:
+        """Mean training-record length per stage of ``method`` (tokens budget; computed once)."""
+        if method not in self._lengths:
+            raw = self._raw(method, 0)
+            raw["train"].pop("lr_span", None)  # the stages' records do not depend on the schedule
+            self._lengths[method] = stage_lengths(from_dict(RunConfig, raw, where=method))
+        return self._lengths[method]
+
+    def _raw(self, method: str, seed: int) -> dict[str, Any]:
+        """(``method``, ``seed``)'s run config before its training budget is set."""
         spec = METHODS[method]
-        if spec.prefix_cache_of:
-            return self.config(spec.prefix_cache_of, seed)
         d = copy.deepcopy(self.run_raw)
         d.update(method=spec.pipeline, baselines=[], output_dir=str(self.run_dir(method, seed)))
-        _section(d, "data")["stage_mode"] = "revisit" if spec.revisit else "slice"
+        _section(d, "data")["stage_mode"] = self.stage_mode(method)
         if spec.shape:
             _section(d, "schedule")["shape"] = spec.shape
         train = _section(d, "train")
@@ -230,8 +281,18 @@ class Plan:
         elif self.args.lr_policy == "one":
             train["lr_span"] = "run"
         _section(d, "infer")["prefix_cache"] = False
-        steps = self.planned_steps(method)
-        if steps:
+        return d
+
+    def config(self, method: str, seed: int) -> RunConfig:
+        """The pipeline config of (``method``, ``seed``); a prefix-cache method's is its source's."""
+        spec = METHODS[method]
+        if spec.prefix_cache_of:
+            return self.config(spec.prefix_cache_of, seed)
+        d = self._raw(method, seed)
+        train = d["train"]
+        if self.args.budget == "converge":
+            converge_train(train, self.args, self.n_stages(method), self.eval_steps)
+        elif steps := self.planned_steps(method):
             train["max_steps_per_stage"] = min(steps)
             overrides = {int(i): dict(v) for i, v in (train.get("stage_overrides") or {}).items()}
             for i, s in enumerate(steps):
@@ -244,9 +305,14 @@ class Plan:
         """The plan as stored in results.json: what every method trains on, and the policies."""
         t = self.base.train
         return {
+            "budget": self.args.budget, "budget_means": BUDGETS[self.args.budget],
+            "converge": {"patience": self.args.patience, "max_epochs": self.args.max_epochs,
+                         "stage_max_epochs": self.args.stage_max_epochs, "eval_steps": self.eval_steps,
+                         "validation_size": self.args.validation_size, "reuse_stage0": self.args.reuse_stage0}
+            if self.args.budget == "converge" else None,
             "methods": {m: {"about": METHODS[m].about, "pipeline": METHODS[m].pipeline,
                             "steps_per_stage": self.planned_steps(m),
-                            "stage_mode": "revisit" if METHODS[m].revisit else "slice",
+                            "stage_mode": self.stage_mode(m),
                             "prefix_cache_of": METHODS[m].prefix_cache_of} for m in self.args.methods},
             "seeds": self.seeds,
             "seed_changes": "train.seed: LoRA initialisation, dropout and data order (data.seed, the training "

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_path, write_json, write_text
+from .training_report import plot_validation, training_section
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:
@@ -27,24 +28,27 @@ def verdict_text(results: dict[str, Any]) -> str:
     """The verdict in plain words."""
     v, stat = results["verdict"], results.get("statistic") or "accuracy"
     if "cheapest_as_accurate" not in v:
-        return v["text"]
+        return v["text"] + _pending(results)
     tol, ref, best = v["tolerance"], v["reference"], v["cheapest_as_accurate"]
     lines = []
     if best == ref:
         hedge = " (for now)" if v.get("undecided") else ""
         lines.append(f"**Keep the prompt{hedge}.** No method that drops it is shown to be both as accurate as "
                      f"full-prompt FT (the lower end of its 95% interval within {tol:g} points of {stat}) and "
-                     f"cheaper than serving full-prompt FT from the prefix cache (`{ref}`), under the "
+                     f"cheaper than {'serving full-prompt FT from the prefix cache' if ref != 'full-prompt' else 'full-prompt FT'} "
+                     f"(`{ref}`), under the "
                      f"`{v['profile']}` prices.")
     else:
         d = v["diff"]
         be = v["break_even"]
         hosted, compute = be["training_hosted"], be["training_compute"]
-        lines.append(f"**Use `{best}`.** It is the cheapest method within {tol:g} points of full-prompt FT: "
-                     f"{d['diff']:+.2f} points of {stat} (95% interval {_ci(d['ci95'])} over {d['n_items']} test "
-                     f"items and {d['n_seeds']} seeds), and saves {_money(v['per_query_saving'])} per query "
-                     f"({_money(1000 * v['per_query_saving'])} per 1,000) against `{ref}` under the "
-                     f"`{v['profile']}` prices.")
+        more = (" It is also **more accurate**: the whole interval lies above full-prompt FT."
+                if v.get("more_accurate") else "")
+        lines.append(f"**Use `{best}`.** It is the cheapest method above the floor and within {tol:g} points of "
+                     f"full-prompt FT: {d['diff']:+.2f} points of {stat} (95% interval {_ci(d['ci95'])} over "
+                     f"{d['n_items']} test items and {d['n_seeds']} seeds), and saves "
+                     f"{_money(v['per_query_saving'])} per query ({_money(1000 * v['per_query_saving'])} per 1,000) "
+                     f"against `{ref}` under the `{v['profile']}` prices, {v.get('cost_basis', 'per query')}.{more}")
         lines.append(f"Break-even against `{ref}`: {_break_even(hosted)} with hosted fine-tuning prices, "
                      f"{_break_even(compute)} with the measured training time at "
                      f"${results['cost']['compute_per_hour']:g}/hour.")
@@ -58,10 +62,17 @@ def verdict_text(results: dict[str, Any]) -> str:
     if v.get("worse"):
         lines.append("Less accurate than full-prompt FT by more than the tolerance (whole interval below it): "
                      + ", ".join(f"`{m}`" for m in v["worse"]) + ".")
-    if not results["complete"]:
-        lines.append(f"Not every run has finished ({len(results['pending'])} pending: "
-                     + ", ".join(results["pending"][:8]) + "); this verdict uses those that have.")
-    return "\n\n".join(lines)
+    if v.get("at_floor"):
+        lines.append("Not resolved above the floor (not learned at this budget), so never recommended: "
+                     + ", ".join(f"`{m}`" for m in v["at_floor"]) + ".")
+    return "\n\n".join(lines) + _pending(results)
+
+
+def _pending(results: dict[str, Any]) -> str:
+    if results["complete"]:
+        return ""
+    return (f"\n\nNot every run has finished ({len(results['pending'])} pending: "
+            + ", ".join(results["pending"][:8]) + "); this verdict uses those that have.")
 
 
 def _break_even(b: dict[str, Any]) -> str:
@@ -75,7 +86,8 @@ def _break_even(b: dict[str, Any]) -> str:
 def render(results: dict[str, Any]) -> str:
     parts = [f"# promptintern compare: {results['task']} · {results['model']}", "",
              "## Verdict", "", verdict_text(results), ""]
-    parts += _accuracy_section(results) + _speed_section(results) + _scaling_section(results)
+    parts += _accuracy_section(results) + training_section(results) + _speed_section(results)
+    parts += _scaling_section(results)
     parts += _cost_section(results) + _plan_section(results)
     if results.get("plots"):
         parts += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in results["plots"]] + [""]
@@ -91,7 +103,7 @@ def _accuracy_section(results: dict[str, Any]) -> list[str]:
              f"{acc['n_items']} test items. Differences: bootstrap over test items and seeds "
              f"({results['resamples']:,} resamples); "
              "significant only when the 95% interval excludes 0.", "",
-             "| method | mean | sd over seeds | per seed | run's own headline per seed | Δ vs full-prompt [95% CI] | Δ vs query-only [95% CI] |",
+             "| method | mean [95% CI, items × seeds] | sd over seeds | per seed | run's own headline per seed | Δ vs full-prompt [95% CI] | Δ vs query-only [95% CI] |",
              "|---|---|---|---|---|---|---|"]
     for m, s in acc["methods"].items():
         d = acc["differences"].get(m, {})
@@ -101,7 +113,8 @@ def _accuracy_section(results: dict[str, Any]) -> list[str]:
             cells.append(f"{x['diff']:+.2f} {_ci(x['ci95'])}{' *' if x['significant'] else ''}" if x else "-")
         sd = f"{s['sd_over_seeds']:.2f}" if s["sd_over_seeds"] is not None else "-"
         own = ", ".join(f"{x:.2f}" for x in results["methods"][m]["headline_metric_per_seed"])
-        lines.append(f"| {m} | {s['mean']:.2f} | {sd} | {', '.join(f'{x:.2f}' for x in s['per_seed'])} | {own} | "
+        ci = f" [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]" if s.get("ci95") else ""
+        lines.append(f"| {m} | {s['mean']:.2f}{ci} | {sd} | {', '.join(f'{x:.2f}' for x in s['per_seed'])} | {own} | "
                      f"{cells[0]} | {cells[1]} |")
     return lines + ["", "`*`: the interval excludes 0. `full-prompt+cache` answers with full-prompt's weights and "
                     "prompt (greedy), so its scores are full-prompt's.", ""]
@@ -211,11 +224,11 @@ def _cost_section(results: dict[str, Any]) -> list[str]:
 def _plan_section(results: dict[str, Any]) -> list[str]:
     p = results["plan"]
     lines = ["## How the runs were made", "",
-             f"{p['n_train']} training pairs, {p['total_steps']} optimizer steps of {p['batch']} records for every "
-             f"fine-tuned method; seeds {p['seeds']} ({p['seed_changes']}).", "",
+             f"{p['n_train']} training pairs, batches of {p['batch']} records; " + _budget_text(p)
+             + f"; seeds {p['seeds']} ({p['seed_changes']}).", "",
              f"LR schedule policy: `{p['lr_policy']}` ({p['lr_scheduler']}, warm-up ratio {p['warmup_ratio']}): "
              f"{p['lr_policy_means']}.", "",
-             "| method | what | steps per stage | stage data | training wall s per seed | whole run (train + serve + "
+             "| method | what | steps per stage (converge: the caps) | stage data | training wall s per seed | whole run (train + serve + "
              "score) wall s per seed |", "|---|---|---|---|---|---|"]
     for m, d in p["methods"].items():
         wall = results["methods"].get(m, {}).get("train_wall_s_per_seed", [])
@@ -224,6 +237,17 @@ def _plan_section(results: dict[str, Any]) -> list[str]:
                      f"{', '.join(f'{w:.0f}' for w in wall) or '-'} | "
                      f"{', '.join('-' if w is None else f'{w:.0f}' for w in whole) or '-'} |")
     return lines + [""]
+
+
+def _budget_text(p: dict[str, Any]) -> str:
+    c = p.get("converge")
+    if c:
+        return (f"every method trained to its plateau (patience {c['patience']} scorings every {c['eval_steps']} steps "
+                f"on {c['validation_size']} validation records, at most {c['max_epochs']:g} epochs per stage"
+                + (f", earlier stages at most {c['stage_max_epochs']:g}" if c["stage_max_epochs"] else "") + ")")
+    if p.get("budget") == "tokens":
+        return f"equal training tokens (full-prompt FT's in {p['total_steps']} steps) for every fine-tuned method"
+    return f"{p['total_steps']} optimizer steps for every fine-tuned method"
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
@@ -245,6 +269,9 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_ylabel(results.get("statistic") or "score")
         ax.set_title("accuracy per seed (dots) and mean (bar)")
         paths.append(_save(fig, out / "accuracy.png", plt))
+    fig = plot_validation(results, plt)
+    if fig is not None:
+        paths.append(_save(fig, out / "validation.png", plt))
     sc = results.get("scaling")
     if sc and sc.get("points"):
         lengths = sc["settings"]["lengths"]

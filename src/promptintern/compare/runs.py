@@ -3,8 +3,10 @@
 A (method, seed) is finished when its run directory holds ``metrics.json`` written by a run of
 the same config (``run.json``'s fingerprint); it is then skipped without loading a model. An
 unfinished one is handed to :func:`promptintern.pipeline.run` with ``resume=True``, which picks
-up at its last checkpoint or prediction batch. Everything read back here (metrics.json, the
-training history, the stage files) is what the pipeline itself wrote.
+up at its last checkpoint or prediction batch. Under ``converge`` a staged method's run
+directory may first be given full-prompt FT's finished stage 0 (:mod:`.reuse`), so full-prompt
+FT runs first. Everything read back here (metrics.json, the training history, the stage files)
+is what the pipeline itself wrote.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..io import read_json, write_json
+from .budget import measured_step_seconds, plan_lines
+from .curves import runaway_share, stage_rows, to_best
 from .plan import METHODS, Plan
+from .reuse import REFERENCE, reusable, reuse_stage0
 
 
 def finished(plan: Plan, method: str, seed: int) -> bool:
@@ -36,12 +41,20 @@ def run_all(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
     # Seed-major: a benchmark stopped part-way holds whole seeds (every method), which the report
     # can already compare, rather than every seed of the first methods only.
     trained = [m for m in plan.args.ordered_methods() if not METHODS[m].prefix_cache_of]
+    if any(reusable(plan, m) for m in trained):  # the staged methods start from its stage 0
+        trained.sort(key=lambda m: m != REFERENCE)
+    histories = {m: [read_json(plan.run_dir(m, s) / "train" / "history.json") for s in plan.seeds
+                     if (plan.run_dir(m, s) / "train" / "history.json").is_file()] for m in trained}
+    for line in plan_lines(trained, plan.seeds, plan.planned_steps, measured_step_seconds(histories),
+                           plan.args.budget, [m for m in trained if reusable(plan, m)]):
+        log(line)
     for seed in plan.seeds:
         for method in trained:  # a prefix-cache method has no run: its source's adapter, cached
             if finished(plan, method, seed):
                 log(f"{method} seed {seed}: finished earlier, kept")
                 continue
             cfg = plan.config(method, seed)
+            reuse_stage0(plan, method, seed, log)
             log(f"{method} seed {seed}: pipeline run ({cfg.method}, steps per stage "
                 f"{plan.planned_steps(method) or '-'}) in {plan.run_dir(method, seed)}")
             t0 = time.perf_counter()
@@ -53,9 +66,8 @@ def run_all(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
     return spent
 
 
-def training_tokens(plan: Plan, method: str, seed: int, history: dict[str, Any]) -> float:
-    """Tokens the optimizer saw: per stage, its steps × records per step × the stage's mean record
-    length (prompt + answer, tokenized as in training). Hosted fine-tuning bills these."""
+def tokens_per_step(plan: Plan, method: str, seed: int, history: dict[str, Any]) -> list[float]:
+    """Per finished stage: records per step × the stage's mean record length."""
     from ..models import load_tokenizer
     from ..prompt import encode_chat
     from ..stages import load_stages
@@ -63,15 +75,14 @@ def training_tokens(plan: Plan, method: str, seed: int, history: dict[str, Any])
     cfg, run_dir = plan.config(method, seed), plan.run_dir(method, seed)
     stages = load_stages(run_dir / "stages", len(history.get("stages", [])))
     if not stages:
-        return 0.0
+        return []
     tok = load_tokenizer(cfg.model)
-    per_step = cfg.train.per_device_batch_size * cfg.train.gradient_accumulation_steps
-    total = 0.0
-    for stage, entry in zip(stages, history["stages"], strict=True):
+    out = []
+    for index, stage in enumerate(stages):
+        args = cfg.train.for_stage(index)
         lengths = [len(encode_chat(tok, r.messages, r.answer)["input_ids"]) for r in stage.records]
-        if lengths:
-            total += int(entry["steps"]) * per_step * sum(lengths) / len(lengths)
-    return total
+        out.append(args.per_device_batch_size * args.gradient_accumulation_steps * sum(lengths) / max(1, len(lengths)))
+    return out
 
 
 def read_run(plan: Plan, method: str, seed: int) -> dict[str, Any] | None:
@@ -84,12 +95,16 @@ def read_run(plan: Plan, method: str, seed: int) -> dict[str, Any] | None:
     metrics = read_json(run_dir / "metrics.json")
     system = metrics["systems"][cfg.method]
     history = (metrics.get("train") or {}).get("history") or {"stages": [], "train_wall_s": 0.0}
+    rows = stage_rows(history)
+    per_step = tokens_per_step(plan, source, seed, history)
     return {
+        "stages": rows, "to_best": to_best(rows, per_step) if rows else {"tokens": 0.0, "wall_s": 0.0},
+        "runaway_share": runaway_share(predictions_path(plan, source, seed), system.get("max_new_tokens")),
         "run_dir": str(run_dir), "system": system, "metric": metrics["metric"], "task": metrics["task"],
         "n_test": metrics["n_test"],
         "steps": [int(s["steps"]) for s in history.get("stages", [])],
         "train_wall_s": float(history.get("train_wall_s", 0.0)),
-        "train_tokens": training_tokens(plan, source, seed, history),
+        "train_tokens": sum(int(e["steps"]) * t for e, t in zip(history.get("stages", []), per_step, strict=True)),
     }
 
 

@@ -101,8 +101,9 @@ def accuracy(scores: dict[str, dict[int, dict[str, float]]], references: Sequenc
     out: dict[str, Any] = {"n_items": len(ids), "methods": {}, "differences": {}}
     for method, runs in scores.items():
         if runs:
-            out["methods"][method] = {**summary(score_matrix([runs[s] for s in sorted(runs)], ids)),
-                                      "seeds": sorted(runs)}
+            matrix = score_matrix([runs[s] for s in sorted(runs)], ids)
+            ci = bootstrap_difference(matrix, np.zeros_like(matrix), resamples, seed)["ci95"] if ids else None
+            out["methods"][method] = {**summary(matrix), "seeds": sorted(runs), "ci95": ci}
     for ref in references:
         for method, runs in scores.items():
             common = sorted(set(runs) & set(scores.get(ref, {})))
@@ -112,4 +113,28 @@ def accuracy(scores: dict[str, dict[int, dict[str, float]]], references: Sequenc
             b = score_matrix([scores[ref][s] for s in common], ids)
             out["differences"].setdefault(method, {})[ref] = {**bootstrap_difference(a, b, resamples, seed),
                                                               "seeds": common}
+    return out
+
+
+def above_floor(scores: dict[str, dict[int, dict[str, float]]], resamples: int, seed: int,
+                base: str = "base-full") -> dict[str, Any]:
+    """Per method: how far it sits above what needs no learning, with a seed-and-item interval.
+
+    The floor is the base model's score on the same items (paired, when ``base`` was compared) or
+    else the metric's floor, 0. ``above`` is True only when the whole interval is above it: a
+    method the data cannot tell from the floor has not learned the task at this budget, and a
+    degenerate interval (every item the same score, e.g. all zero) resolves nothing.
+    """
+    all_ids = [set(s) for runs in scores.values() for s in runs.values()]
+    ids = sorted(set.intersection(*all_ids)) if all_ids else []
+    out: dict[str, Any] = {}
+    for method, runs in scores.items():
+        if not runs or method == base or not ids:
+            continue
+        common = sorted(set(runs) & set(scores.get(base, {})))
+        a = score_matrix([runs[s] for s in (common or sorted(runs))], ids)
+        b = score_matrix([scores[base][s] for s in common], ids) if common else np.zeros_like(a)
+        d = bootstrap_difference(a, b, resamples, seed)
+        out[method] = {**d, "vs": base if common else "floor 0",
+                       "degenerate": d["ci95"][0] == d["ci95"][1], "above": d["ci95"][0] > 0}
     return out

@@ -51,3 +51,40 @@ def stage_validation(trainer: Any, data: list[dict[str, list[int]]], select_best
         out["best_step"] = trainer.state.best_global_step
         out["best_validation_loss"] = trainer.state.best_metric
     return out
+
+
+def early_stopping(patience: int | None) -> list[Any]:
+    """The Trainer's own EarlyStoppingCallback for ``train.early_stopping_patience`` (none when off).
+
+    It needs what :func:`promptintern.training.hf._training_arguments` sets with ``select_best``:
+    evaluation at every checkpoint, ``metric_for_best_model`` and ``load_best_model_at_end``.
+    """
+    if patience is None:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    class ResumableEarlyStopping(EarlyStoppingCallback):
+        """EarlyStoppingCallback whose count of scorings without improvement survives a resume.
+
+        The Trainer stores the count in every checkpoint (``stateful_callbacks``) but restores it
+        only under ``restore_callback_states_from_checkpoint``, which would also try to restore our
+        own bookkeeping there as a callback; without it a resumed stage would count from 0 and stop
+        later than the uninterrupted run.
+        """
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            super().on_train_begin(args, state, control, **kwargs)
+            saved = state.stateful_callbacks.get(type(self).__name__)
+            if state.global_step > 0 and isinstance(saved, dict):
+                self.early_stopping_patience_counter = int(saved["attributes"]["early_stopping_patience_counter"])
+
+    return [ResumableEarlyStopping(early_stopping_patience=patience)]
+
+
+def stop_record(state: Any, patience: int | None) -> dict[str, Any]:
+    """Why and where a stage ended: ``stopped`` is ``plateau`` when early stopping ended it before
+    its cap (``patience`` scorings without improvement), ``cap`` when it ran its epochs / steps;
+    ``epochs`` the passes over the stage's records it made (``state.epoch``)."""
+    ended_early = patience is not None and state.global_step < state.max_steps
+    return {"stopped": "plateau" if ended_early else "cap", "epochs": float(state.epoch or 0.0),
+            "max_steps": int(state.max_steps), "patience": patience}
