@@ -136,9 +136,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import ServeArgs, serve
+    from .threads import env_threads
 
-    _threads(args)
-    serve(Path(args.path), ServeArgs(host=args.host, port=args.port, device=args.device),
+    serve(Path(args.path), ServeArgs(host=args.host, port=args.port, device=args.device, engine=args.engine,
+                                     api_key=args.api_key, max_tokens=args.max_tokens, timeout_s=args.timeout,
+                                     threads=env_threads(), allow_unauthenticated=args.allow_unauthenticated),
           announce=lambda line: print(line, flush=True))
     return 0
 
