@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--merge", action="store_true", help="merge the adapter into the base weights")
+    p.add_argument("--format", choices=("hf", "gguf"), default="hf",
+                   help="hf: HF directory (adapter, or merged with --merge); gguf: the merged model as one GGUF "
+                        "file for llama.cpp / Ollama, with a Modelfile")
+    p.add_argument("--quant", default="f16", help="GGUF weight type: f32, f16, bf16, q8_0 (converter), or "
+                   "q4_k_m, q5_k_m, q4_0 ... (llama.cpp's quantizer, needs llama-cpp-python); default f16")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
 
     p = sub.add_parser("serve", help="serve a run or an export on an OpenAI-compatible endpoint "

@@ -129,6 +129,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .exporter import export
 
+    if args.format == "gguf":
+        from .gguf_export import export_gguf
+        from .threads import resolve_threads
+
+        gguf = export_gguf(Path(args.run), Path(args.out), quant=args.quant, force=args.force, threads=resolve_threads())
+        _console().print(f"exported GGUF ({args.quant}) → {gguf}  (Ollama: {gguf.parent / 'Modelfile'})")
+        return 0
     out = export(Path(args.run), Path(args.out), merge=args.merge, force=args.force)
     _console().print(f"exported {'merged model' if args.merge else 'adapter'} → {out}")
     return 0
