@@ -89,6 +89,12 @@ def test_max_tokens_is_capped_and_set_when_absent(app):
         "max_tokens"] == 16
 
 
+def test_engine_defaults_fill_only_what_the_request_leaves_out():
+    app = guarded(_echo, GuardSettings(max_tokens=4, defaults=(("repeat_penalty", 1.0),)))
+    assert call(app, "POST", "/v1/chat/completions", chat())[1]["repeat_penalty"] == 1.0
+    assert call(app, "POST", "/v1/chat/completions", chat(repeat_penalty=1.3))[1]["repeat_penalty"] == 1.3
+
+
 def test_oversized_body_is_413():
     app = guarded(_echo, GuardSettings(max_tokens=4, max_body_bytes=100))
     assert call(app, "POST", "/v1/chat/completions", chat(pad="x" * 200))[0] == 413

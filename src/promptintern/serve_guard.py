@@ -15,6 +15,9 @@ So both are wrapped in this one ASGI middleware, which is plain code over the AS
   ``max_tokens`` when given (else 400, one line, no traceback);
 - ``max_tokens`` (and ``max_completion_tokens``) is clamped to the cap, and set to it when absent,
   so a request cannot hold a generation slot for an unbounded answer;
+- engine-specific ``defaults`` fill fields a request leaves out (llama-cpp-python's server applies a
+  repetition penalty of 1.1 unless told otherwise, which the OpenAI API does not have: the
+  llama.cpp engine sets ``repeat_penalty`` 1.0, so greedy answers equal ``infer``'s);
 - a request that has not started its answer within ``timeout_s`` gets 504 and is cancelled.
 """
 
@@ -53,9 +56,10 @@ class GuardSettings:
     timeout_s: float = 300.0
     max_body_bytes: int = 1 << 20
     answer_health: bool = False  # answer GET /health here, for an engine without one (it loads before it listens)
+    defaults: tuple[tuple[str, Any], ...] = ()  # body fields set when a request leaves them out
 
 
-def check_body(path: str, raw: bytes, max_tokens: int) -> bytes:
+def check_body(path: str, raw: bytes, max_tokens: int, defaults: tuple[tuple[str, Any], ...] = ()) -> bytes:
     """The request body to pass on (``max_tokens`` capped), or :class:`BadRequest` (400)."""
     try:
         body = json.loads(raw or b"null")
@@ -84,6 +88,8 @@ def check_body(path: str, raw: bytes, max_tokens: int) -> bytes:
             body[name] = max_tokens
     if all(body.get(name) is None for name in TOKEN_FIELDS):
         body["max_tokens"] = max_tokens
+    for name, value in defaults:
+        body.setdefault(name, value)
     return json.dumps(body).encode()
 
 
@@ -134,7 +140,8 @@ def guarded(app: App, settings: GuardSettings) -> App:
                 if given is None or not hmac.compare_digest(given.encode(), settings.api_key.encode()):
                     raise BadRequest(401, "missing or wrong API key (send 'Authorization: Bearer KEY')")
             if method == "POST":
-                body = check_body(path, await _read_body(receive, settings.max_body_bytes), settings.max_tokens)
+                body = check_body(path, await _read_body(receive, settings.max_body_bytes), settings.max_tokens,
+                                  settings.defaults)
                 receive = _replay(body, receive)
                 scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
                          + [(b"content-length", str(len(body)).encode())]}

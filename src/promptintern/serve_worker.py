@@ -50,8 +50,10 @@ class WorkerSpec:
 
 
 def _guard(spec: WorkerSpec) -> GuardSettings:
+    llama = spec.engine == "llama.cpp"
     return GuardSettings(max_tokens=spec.max_tokens, api_key=os.environ.get(API_KEY_ENV) or None,
-                         timeout_s=spec.timeout_s, answer_health=spec.engine == "llama.cpp")
+                         timeout_s=spec.timeout_s, answer_health=llama,
+                         defaults=(("repeat_penalty", 1.0),) if llama else ())
 
 
 def _guard_transformers(settings: GuardSettings) -> None:
