@@ -167,3 +167,19 @@ def test_llama_cpp_server_key_cap_and_concurrency(gguf_run, tmp_path):
         assert proc.wait(30) == 0
     text = log.read_text()
     assert f"ready: {url}" in text and "server stopped" in text
+
+
+@needs_llama_cpp
+def test_k_quant_is_made_by_llama_cpps_quantizer_and_loads(gguf_run, tmp_path):
+    from llama_cpp import Llama
+
+    from promptintern.gguf_export import quantize
+
+    f16 = gguf_run / "gguf" / "model-f16.gguf"
+    quantize(f16, tmp_path / "q4_k_m.gguf", "q4_k_m", threads=1)
+    assert 0 < (tmp_path / "q4_k_m.gguf").stat().st_size < f16.stat().st_size
+    llm = Llama(model_path=str(tmp_path / "q4_k_m.gguf"), n_ctx=256, n_threads=1, verbose=False)
+    assert llm.metadata["tokenizer.chat_template"] == Llama(model_path=str(f16), vocab_only=True, verbose=False
+                                                            ).metadata["tokenizer.chat_template"]
+    assert llm.create_chat_completion(messages=[{"role": "user", "content": QUERIES[0]}], max_tokens=2,
+                                      temperature=0)["usage"]["completion_tokens"] >= 1
