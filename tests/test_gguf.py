@@ -183,3 +183,12 @@ def test_k_quant_is_made_by_llama_cpps_quantizer_and_loads(gguf_run, tmp_path):
                                                             ).metadata["tokenizer.chat_template"]
     assert llm.create_chat_completion(messages=[{"role": "user", "content": QUERIES[0]}], max_tokens=2,
                                       temperature=0)["usage"]["completion_tokens"] >= 1
+
+
+@needs_llama_cpp
+def test_a_model_that_cannot_load_is_two_lines_not_a_traceback(tmp_path):
+    (tmp_path / "model.gguf").write_bytes(b"not a gguf")
+    done = subprocess.run([sys.executable, "-m", "promptintern.cli", "serve", str(tmp_path), "--engine", "llama.cpp",
+                           "--port", str(free_loopback_port())], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "llama.cpp could not serve" in done.stderr and "the server stopped by itself (exit code 1)" in done.stderr

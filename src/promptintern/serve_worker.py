@@ -91,8 +91,16 @@ def run_llama_cpp(spec: WorkerSpec) -> None:
 
 
 def main(argv: list[str]) -> int:
+    """Run the engine; a failure to start (a corrupt model file, say) is one line unless debugging."""
     spec = WorkerSpec(**json.loads(argv[0]))
-    {"transformers": run_transformers, "llama.cpp": run_llama_cpp}[spec.engine](spec)
+    try:
+        {"transformers": run_transformers, "llama.cpp": run_llama_cpp}[spec.engine](spec)
+    except Exception as exc:
+        if os.environ.get("PROMPTINTERN_DEBUG"):
+            raise
+        print(f"promptintern serve: error: {spec.engine} could not serve {spec.model}: "
+              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
