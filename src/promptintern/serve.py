@@ -52,7 +52,7 @@ from typing import Any
 
 from .errors import RunDirError, UserError
 
-EXPORT_VERSION = 1  # bump when the serving export changes, so cached exports are rebuilt
+EXPORT_VERSION = 2  # bump when the serving export changes, so cached exports are rebuilt (2: serving.json)
 ENGINES = ("transformers", "llama.cpp")
 DEFAULT_MAX_TOKENS = 512  # the cap when the served path records no answer lengths
 STOP_GRACE_S = 10.0  # after SIGTERM, in-flight work gets this long before the server is killed
