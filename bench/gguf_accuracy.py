@@ -6,7 +6,8 @@
 For each quant: ``promptintern export --format gguf --quant Q`` of the run, then every test query
 of the run (the same instances ``promptintern run`` scored) as a raw user message through
 llama.cpp's chat completion with the GGUF's own chat template, greedy, ``max_tokens`` = the run's
-answer length, one thread; the answers are scored by ``promptintern eval``'s function, and
+answer length, one thread; the answers are scored by the function ``promptintern run`` scores with
+(on the run's test instances), and
 compared with the run's own predictions (HF, fp32, from ``promptintern run``): the metrics side by
 side and the share of answers that are identical.
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(args.out / "gguf_accuracy.log", "w")])
     from promptintern.config import load_config
-    from promptintern.evaluate import evaluate_file
+    from promptintern.evaluate import score
     from promptintern.exporter import served_max_tokens
     from promptintern.gguf_export import export_gguf
     from promptintern.io import read_json, write_jsonl
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             hf_preds = {r["id"]: r["prediction"] for r in rows}
     doc: dict[str, Any] = {"run": str(args.run), "method": cfg.method, "task": cfg.task, "n_test": len(queries),
                            "max_tokens": cap, "metric": metrics.get("metric"),
-                           "hf fp32": {"metrics": system["metrics"], "source": "the run's metrics.json"}, "quants": {}}
+                           "hf fp32": {"metrics": system["metrics"], "ci95": system.get("ci95"),
+                                       "source": "the run's metrics.json"}, "quants": {}}
     log.info("hf fp32: %s", system["metrics"])
     with tempfile.TemporaryDirectory(prefix="gguf-acc-", dir=args.out) as scratch:
         for quant in args.quants.split(","):
@@ -87,9 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = answer(gguf, queries, cap)
             preds = args.out / f"predictions-{quant}.jsonl"
             write_jsonl(preds, rows)
-            scored = evaluate_file(cfg.task, preds, args.data_dir, Path(scratch) / f"eval-{quant}")
+            scored = score(checked.task.metric, {r["id"]: r["prediction"] for r in rows}, checked.test,
+                           bootstrap=cfg.eval.bootstrap, sandbox=cfg.eval.sandbox)
             same = sum(hf_preds.get(r["id"]) == r["prediction"] for r in rows) if hf_preds else None
-            doc["quants"][quant] = {"metrics": scored["metrics"], "identical_to_hf": same,
+            doc["quants"][quant] = {"metrics": scored["metrics"], "ci95": scored.get("ci95"), "identical_to_hf": same,
                                     "gguf_bytes": gguf.stat().st_size}
             log.info("%s: %s; identical answers %s/%d", quant, scored["metrics"], same, len(rows))
     target.write_text(json.dumps(doc, indent=2) + "\n")
