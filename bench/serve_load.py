@@ -20,14 +20,16 @@ Both use greedy decoding with the same ``max_tokens``. Measured per system: requ
 requests over the summed wall time of its turns), p50/p95/mean latency per request (send to
 answer, queueing behind the turn's other requests included), errors (exceptions or non-200;
 must be 0), mean prompt and completion tokens (from the responses' ``usage``), the server's
-start time, the server process's CPU seconds per request (user + system, all threads, during its
-turns; with one torch thread, roughly what a request would take on a core of its own) and the
+start time, the CPU seconds per request of the server's whole process tree (user + system, all
+threads of the supervisor, worker and model process, during its turns; with one torch thread,
+roughly what a request would take on a core of its own) and the
 machine's mean 1-minute load average at the start of its turns. Two warm-up
 requests per system are sent first and not counted. ``transformers serve`` without continuous
 batching runs one ``generate`` at a time, so concurrent requests queue: latency grows with
 concurrency while requests/s stays that of one stream.
 
-Writes ``<out>/serve_load.json`` (figures, conditions, machine) and ``<out>/serve_load.log``.
+Writes ``<out>/serve_load.json`` (figures, conditions, machine) and ``<out>/serve_load.log``; an
+``<out>`` that already holds results (the committed ones by default) is refused without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -76,14 +78,14 @@ def build_requests(run_dir: Path, n: int) -> tuple[str, list[list[dict[str, str]
 
 
 @contextlib.contextmanager
-def server(run_dir: Path, threads: int, log_path: Path) -> Iterator[tuple[str, float, int]]:
+def server(run_dir: Path, threads: int, log_path: Path, max_tokens: int) -> Iterator[tuple[str, float, int]]:
     """``promptintern serve run_dir`` on a free loopback port; yields (base URL, start seconds, pid)."""
     from promptintern.serve import free_loopback_port, is_healthy
 
     port = free_loopback_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "promptintern.cli", "--threads", str(threads), "serve", str(run_dir),
-           "--port", str(port)]
+           "--port", str(port), "--max-tokens", str(max_tokens)]  # the server's cap must not cut the forced length
     t0 = time.perf_counter()
     with open(log_path, "a") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -119,9 +121,20 @@ def _one(client: Any, model: str, messages: list[dict[str, str]], max_tokens: in
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, all threads) the process ``pid`` has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time (user + system, all threads) used so far by ``pid`` and every process under it.
+
+    The whole tree, because the process that generates is not the one started: ``promptintern
+    serve`` runs a worker, and ``transformers serve`` generates in a model process of its own.
+    """
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -216,9 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block", type=int, default=8, help="requests per system per turn (systems alternate)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out (committed ones too)")
     args = p.parse_args(argv)
     if not 1 <= args.concurrency <= 64 or args.requests < 1 or args.block < 1:
         p.error("--concurrency must be 1..64, --requests and --block >= 1")
+    if (args.out / "serve_load.json").exists() and not args.overwrite:
+        p.error(f"{args.out / 'serve_load.json'} exists; pass --out for another directory or --overwrite")
     args.out.mkdir(parents=True, exist_ok=True)
     log_path = args.out / "serve_load.log"
     log_path.write_text("")
@@ -240,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: run %s (method %s), %d requests", label, run_dir, method, len(requests))
     with contextlib.ExitStack() as stack:
         for s in systems:
-            url, s.start_s, s.pid = stack.enter_context(server(s.run_dir, args.threads, log_path))
+            url, s.start_s, s.pid = stack.enter_context(server(s.run_dir, args.threads, log_path, args.max_tokens))
             log.info("%s: server up at %s after %.1f s", s.label, url, s.start_s)
             s.connect(url, args.concurrency)
             stack.callback(s.pool.shutdown)

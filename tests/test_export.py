@@ -64,12 +64,19 @@ def test_adapter_export_reloads_with_peft(trained, tmp_path):
 
 def test_merged_export_reloads_with_transformers(trained, tmp_path):
     run_dir, ids, expected = trained
-    write_json(run_dir / "metrics.json", {"task": "toy", "metric": "exact_match", "n_test": 2,
-                                          "systems": {"promptintern": {"tau": 0.0, "k": 0, "exact_match": 0.5}}})
+    import os
+
+    write_json(run_dir / "metrics.json", {"task": "toy", "metric": "exact_match", "n_test": 2, "systems": {
+        "promptintern": {"tau": 0.0, "k": 0, "metrics": {"exact_match": 0.5}, "ci95": {"exact_match": [0, 1]}}}})
+    before = os.umask(0o022)  # as a service's files are: readable by the user a server runs as
     try:
         out = export(run_dir, tmp_path / "merged", merge=True)
     finally:
+        os.umask(before)
         (run_dir / "metrics.json").unlink()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
+    assert modes and set(modes.values()) <= {0o644, 0o755} and modes["merged"] == 0o755, modes
+    assert modes["model.safetensors"] == modes["README.md"] == 0o644
     model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, expected, atol=1e-5, rtol=0)
@@ -78,7 +85,8 @@ def test_merged_export_reloads_with_transformers(trained, tmp_path):
     assert tok.chat_template and (out / "generation_config.json").is_file()
     assert model.generation_config.eos_token_id is not None
     card = (out / "README.md").read_text()
-    assert "## Evaluation" in card and "exact_match" in card and "0.5" in card
+    assert "## Evaluation" in card, card
+    assert "| system | exact_match | k | tau |" in card and "| promptintern | 0.5 | 0 | 0 |" in card
 
 
 def test_export_refuses_to_overwrite_or_to_export_nothing(trained, tmp_path):

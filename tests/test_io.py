@@ -46,3 +46,43 @@ def test_reader_errors_name_file_and_line(tmp_path):
         read_jsonl(path, required=("query", "answer"))
     with pytest.raises(DataError, match="file not found"):
         read_jsonl(tmp_path / "absent.jsonl")
+
+
+@pytest.fixture
+def umask_022():
+    import os
+
+    before = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
+def test_published_files_and_dirs_are_readable_as_the_umask_allows(tmp_path, umask_022):
+    """mkstemp/mkdtemp make private entries; what is published gets 0644 / 0755 under umask 022."""
+    from promptintern.io import atomic_dir, current_umask, write_text
+
+    assert current_umask() == 0o022
+    write_text(tmp_path / "a.txt", "x")
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "sub").mkdir(mode=0o700)
+        (tmp / "sub" / "w.bin").write_bytes(b"1")
+        (tmp / "sub" / "w.bin").chmod(0o600)  # as a library writing through mkstemp leaves it
+        write_json(tmp / "m.json", {})
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in
+             [tmp_path / "a.txt", tmp_path / "out", *(tmp_path / "out").rglob("*")]}
+    assert modes == {"a.txt": 0o644, "out": 0o755, "out/sub": 0o755, "out/sub/w.bin": 0o644, "out/m.json": 0o644}
+
+
+def test_a_stricter_umask_is_respected(tmp_path):
+    import os
+
+    from promptintern.io import write_text
+
+    before = os.umask(0o077)
+    try:
+        write_text(tmp_path / "secret.txt", "x")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "secret.txt").stat().st_mode & 0o777 == 0o600

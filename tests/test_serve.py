@@ -35,6 +35,7 @@ from pipeline_fixtures import tiny_run_config, write_config  # noqa: E402
 
 QUERIES = ["How many employees are there?", "List every department in Berlin", "Which projects have no staff?"]
 NEW_TOKENS = 6
+MAX_TOKENS_CAP = NEW_TOKENS  # the run's infer.max_new_tokens, recorded in the export (serving.json)
 START_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
 
@@ -58,11 +59,11 @@ def sql_run(tmp_path_factory) -> Path:
 
 
 @contextlib.contextmanager
-def running_server(target: Path, cache: Path, log: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+def running_server(target: Path, cache: Path, log: Path, *extra: str) -> Iterator[tuple[subprocess.Popen, str]]:
     """``promptintern serve target`` on a free loopback port; yields (process, base URL); always stopped."""
     port = free_loopback_port()
-    env = {**os.environ, "PROMPTINTERN_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "promptintern.cli", "--threads", "1", "serve", str(target), "--port", str(port)]
+    env = {**os.environ, "PROMPTINTERN_CACHE": str(cache), "OMP_NUM_THREADS": "4", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "promptintern.cli", "--threads", "1", "serve", str(target), "--port", str(port), *extra]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
@@ -88,8 +89,10 @@ def test_served_raw_queries_answer_like_infer(sql_run, tmp_path, monkeypatch):
     expected = {r["id"]: r for r in read_jsonl(sql_run.parent / "infer.jsonl")}
     assert any(r["prediction"] for r in expected.values()), "the tiny model should say something"
     log = tmp_path / "serve.log"
-    with running_server(sql_run, tmp_path / "cache", log) as (proc, url):
-        client = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+    with running_server(sql_run, tmp_path / "cache", log, "--api-key", "k3y") as (proc, url):
+        client = OpenAI(base_url=url, api_key="k3y", max_retries=0, timeout=60)
+        assert f"ready: {url}" in log.read_text()  # printed once the port answers
+        assert_hardened(proc, url)
         model_id = client.models.list().data[0].id
         for i, query in enumerate(QUERIES):
             reply = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": query}],
@@ -108,6 +111,41 @@ def test_served_raw_queries_answer_like_infer(sql_run, tmp_path, monkeypatch):
     served = resolve_served_dir(sql_run)
     assert served.parent.parent == tmp_path / "cache" / "serve" and str(served) == model_id
     assert (served.parent / MARKER).stat().st_mtime < stopped_at
+
+
+def _post(url: str, body: bytes, key: str | None = "k3y") -> int:
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers), timeout=60) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def assert_hardened(proc: subprocess.Popen, url: str) -> None:
+    """The key is required, admin routes are closed, bad bodies are 400, max_tokens is capped, threads reach
+    the model process."""
+    import openai
+    import psutil
+
+    root = url.removesuffix("/v1")
+    with pytest.raises(openai.AuthenticationError):
+        OpenAI = openai.OpenAI
+        OpenAI(base_url=url, api_key="wrong", max_retries=0).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}])
+    assert _post(root + "/reset", b"{}") == 404 and is_healthy(root + "/health")
+    for body in (b'{"model": "m"}', b'{"messages": null}', b'"text"'):
+        assert _post(url + "/chat/completions", body) == 400
+    reply = openai.OpenAI(base_url=url, api_key="k3y", max_retries=0).chat.completions.create(
+        model=openai.OpenAI(base_url=url, api_key="k3y").models.list().data[0].id,
+        messages=[{"role": "user", "content": "x"}], max_tokens=100_000_000, temperature=0)
+    assert reply.usage.completion_tokens <= MAX_TOKENS_CAP
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    assert len(tree) >= 2  # the worker and transformers serve's model process
+    assert all(p.environ().get("OMP_NUM_THREADS") == "1" for p in tree)  # --threads 1, not the caller's 4
 
 
 def test_serve_refuses_an_adapter_export_and_other_directories(sql_run, tmp_path):

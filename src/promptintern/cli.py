@@ -33,6 +33,21 @@ def _add_unsafe_sandbox_arg(p: argparse.ArgumentParser) -> None:
                         "(same as eval.sandbox=process; marked UNSAFE in every result)")
 
 
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    from .serve import ENGINES  # torch-free
+
+    p.add_argument("--engine", default="transformers", help=f"one of {', '.join(ENGINES)} (default: transformers)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default=None, help="torch device (default: a GPU when visible, else the CPU)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $PROMPTINTERN_API_KEY)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="server-side cap on a request's max_tokens (default: the run's answer length, else 512)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds before a request without an answer gets 504")
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help="allow a non-loopback --host without an API key")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="promptintern",
@@ -110,13 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--merge", action="store_true", help="merge the adapter into the base weights")
+    p.add_argument("--format", choices=("hf", "gguf"), default="hf",
+                   help="hf: HF directory (adapter, or merged with --merge); gguf: the merged model as one GGUF "
+                        "file for llama.cpp / Ollama, with a Modelfile")
+    p.add_argument("--quant", default="f16", help="GGUF weight type: f32, f16, bf16, q8_0 (converter), or "
+                   "q4_k_m, q5_k_m, q4_0 ... (llama.cpp's quantizer, needs llama-cpp-python); default f16")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
 
-    p = sub.add_parser("serve", help="serve a run or a merged export on an OpenAI-compatible endpoint (transformers serve)")
-    p.add_argument("path", metavar="RUN_OR_EXPORT", help="run directory (merged and cached first) or merged export")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--device", default=None, help="torch device (default: a GPU when visible, else the CPU)")
+    p = sub.add_parser("serve", help="serve a run or an export on an OpenAI-compatible endpoint "
+                                     "(transformers serve, or llama.cpp for a GGUF export)")
+    p.add_argument("path", metavar="RUN_OR_EXPORT", help="run directory (merged and cached first), merged export, "
+                   "or with --engine llama.cpp a GGUF export or .gguf file")
+    _add_serve_args(p)
 
     p = sub.add_parser("data", help="data utilities")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")

@@ -164,6 +164,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .exporter import export
 
+    if args.format == "gguf":
+        from .gguf_export import export_gguf
+        from .threads import resolve_threads
+
+        gguf = export_gguf(Path(args.run), Path(args.out), quant=args.quant, force=args.force, threads=resolve_threads())
+        _console().print(f"exported GGUF ({args.quant}) → {gguf}  (Ollama: {gguf.parent / 'Modelfile'})")
+        return 0
     out = export(Path(args.run), Path(args.out), merge=args.merge, force=args.force)
     _console().print(f"exported {'merged model' if args.merge else 'adapter'} → {out}")
     return 0
@@ -171,9 +178,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import ServeArgs, serve
+    from .threads import env_threads
 
-    _threads(args)
-    serve(Path(args.path), ServeArgs(host=args.host, port=args.port, device=args.device),
+    serve(Path(args.path), ServeArgs(host=args.host, port=args.port, device=args.device, engine=args.engine,
+                                     api_key=args.api_key, max_tokens=args.max_tokens, timeout_s=args.timeout,
+                                     threads=env_threads(), allow_unauthenticated=args.allow_unauthenticated),
           announce=lambda line: print(line, flush=True))
     return 0
 

@@ -45,6 +45,7 @@ from .errors import ModelError, RunDirError
 from .io import atomic_dir, read_json, write_json, write_text
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+SERVING_FILE = "serving.json"  # the serving cap beside the model (read by promptintern serve)
 QUERY_SLOT = "\u241eQUERY\u241e"  # stands for the query while the served prompt is cut around it
 PROBE_QUERY = 'list "all" files {{ x }} in ~/über\n{% raw %}'  # quotes, Jinja syntax, non-ASCII, newline
 SAFE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;!?()-_/'")
@@ -174,7 +175,30 @@ def export(
         history = read_json(history_path) if history_path.is_file() else None
         write_text(tmp / "README.md",
                    model_card_text(record, base, merge, history, metrics, model_card or {}, served))
+        write_json(tmp / SERVING_FILE, serving_record(run_dir, served))
     return out
+
+
+def serving_record(run_dir: Path, served: ServedPrompt | None) -> dict[str, Any]:
+    """What a server of the export needs to know: the ``max_tokens`` cap (the run's answer length)."""
+    return {"max_tokens": served_max_tokens(run_dir), "method": served.method if served else None,
+            "raw_query": bool(served and served.wrappable)}
+
+
+def served_max_tokens(run_dir: Path) -> int | None:
+    """The run's ``infer.max_new_tokens`` as a number ('auto': from its training answers); None without a config."""
+    from .answer_length import resolve_infer_args
+    from .config import load_config
+    from .pipeline import check
+
+    config_path = Path(run_dir) / "config.yaml"
+    if not config_path.is_file():
+        return None
+    cfg = load_config(str(config_path))
+    if isinstance(cfg.infer.max_new_tokens, int):
+        return cfg.infer.max_new_tokens
+    checked = check(cfg)
+    return int(resolve_infer_args(cfg.infer, cfg.model, checked.task, checked.train).max_new_tokens)
 
 
 def _write_adapter(model_name: str, adapter: Path, base: str, dest: Path, served: ServedPrompt | None) -> None:
@@ -223,12 +247,14 @@ def _metrics_section(metrics: dict[str, Any]) -> str:
     systems = metrics.get("systems") or {}
     if not systems:
         return ""
+    # the scores sit in each system's "metrics" dict: they come first, then the other plain values
+    flat = {name: {**(values.get("metrics") or {}), **values} for name, values in systems.items()}
     columns: list[str] = []
-    for values in systems.values():
-        for key, v in values.items():
-            if isinstance(v, (int, float, str, bool)) and key not in columns:
+    for name, values in flat.items():
+        for key in [*(systems[name].get("metrics") or {}), *values]:
+            if isinstance(values[key], (int, float, str, bool)) and key not in columns:
                 columns.append(key)
-    rows = [[name, *[values.get(c, "") for c in columns]] for name, values in systems.items()]
+    rows = [[name, *[values.get(c, "") for c in columns]] for name, values in flat.items()]
     head = f"Task `{metrics.get('task', '?')}`, metric `{metrics.get('metric', '?')}`, " \
            f"{metrics.get('n_test', '?')} test instances (from `metrics.json`).\n\n"
     return "## Evaluation\n\n" + head + _table(["system", *columns], rows) + "\n"

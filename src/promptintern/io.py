@@ -1,7 +1,10 @@
 """Atomic file writes and strict JSONL reading.
 
 Every output goes to a temporary file in the destination directory and is renamed into
-place, so a crash never leaves a half-written file under its final name.
+place, so a crash never leaves a half-written file under its final name. ``mkstemp`` and
+``mkdtemp`` create their entries private (0600 / 0700) whatever the umask; the published file
+or directory gets the mode a plain ``open``/``mkdir`` would have given it (0644 / 0755 under
+umask 022), so a server running as another user can read an export or a run.
 """
 
 from __future__ import annotations
@@ -22,6 +25,36 @@ from .errors import DataError, RunDirError, UserError
 MAX_LINE_BYTES = 1 << 20  # 1 MiB per JSONL record; longer lines are refused, not loaded.
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (``/proc``; else set-and-restore)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish_modes(path: Path, umask: int | None = None) -> None:
+    """Give ``path`` (and, for a directory, everything under it) the read bits the umask allows.
+
+    Only bits are added: files get ``0o666 & ~umask``, directories ``0o777 & ~umask``, on top of
+    what they have (an executable stays executable, a deliberately wider mode stays wide).
+    """
+    mask = current_umask() if umask is None else umask
+    entries = [path]
+    if path.is_dir() and not path.is_symlink():
+        entries += [p for p in path.rglob("*") if not p.is_symlink()]
+    for entry in entries:
+        want = (0o777 if entry.is_dir() else 0o666) & ~mask
+        mode = entry.stat().st_mode & 0o7777
+        if mode | want != mode:
+            entry.chmod(mode | want)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
@@ -34,6 +67,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
+        if tmp_path.exists():
+            publish_modes(tmp_path)
         os.replace(tmp_path, dest)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
@@ -57,6 +92,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
+        publish_modes(tmp)
         old = None
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
