@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -49,6 +50,10 @@ from .prompt import chat_prompt_text
 
 END_OF_TURN = "<|im_end|>"
 ROW_FIELDS = ("id", "prediction", "input_tokens", "output_tokens", "latency_s")
+# What to do about predictions a resume cannot use, in commands that exist.
+RESTART_HINT = "delete the file and rerun (promptintern infer: or pass --no-resume)"
+
+logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
 
@@ -284,7 +289,7 @@ def load_partial(path: Path) -> dict[str, dict[str, Any]]:
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 if lineno == len(lines):
                     break
-                raise DataError(f"{path}:{lineno}: corrupt row; delete the file or run without resume") from exc
+                raise DataError(f"{path}:{lineno}: corrupt row; {RESTART_HINT}") from exc
             row = _check_row(row, f"{path}:{lineno}")
             rows[str(row["id"])] = row
         good_end = pos
@@ -303,21 +308,44 @@ def _append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         os.fsync(fh.fileno())
 
 
-def _done_rows(out_path: Path, partial: Path, wanted: set[str], resume: bool) -> dict[str, dict[str, Any]]:
+def settings_path(partial: Path) -> Path:
+    """Where :func:`run_inference` records what the partial file's rows were generated with."""
+    return partial.with_name(partial.name + ".json")
+
+
+def _check_settings(partial: Path, settings: dict[str, Any] | None) -> None:
+    """Refuse a partial file made by another run, other settings or another input."""
+    if settings is None or not partial.is_file():
+        return
+    from .identity import as_json, differences
+    from .io import read_json
+
+    where = settings_path(partial)
+    saved = read_json(where) if where.is_file() else None
+    if saved is None:
+        raise DataError(f"{partial}: made without a record of its run and settings, so it cannot be resumed; "
+                        "pass --no-resume to discard it")
+    diff = differences(saved, as_json(settings))
+    if diff:
+        raise DataError(f"{partial}: made with a different {', '.join(diff)}; pass --no-resume to discard it, "
+                        "or choose another --output")
+
+
+def _done_rows(out_path: Path | None, partial: Path, wanted: set[str], resume: bool) -> dict[str, dict[str, Any]]:
     """Rows to keep: on resume, those of a finished ``out_path`` and of the partial file."""
     if not resume:
         partial.unlink(missing_ok=True)
+        settings_path(partial).unlink(missing_ok=True)
         return {}
     done: dict[str, dict[str, Any]] = {}
-    if out_path.is_file():
+    if out_path is not None and out_path.is_file():
         for row in iter_jsonl(out_path, required=ROW_FIELDS):
             done[str(row["id"])] = row
     done.update(load_partial(partial))
     stray = next((i for i in done if i not in wanted), None)
     if stray is not None:
         where = partial if partial.is_file() else out_path
-        raise DataError(f"{where}: has predictions for id {stray!r}, which is not among the queries; "
-                        "delete it or run without resume")
+        raise DataError(f"{where}: has predictions for id {stray!r}, which is not among the queries; {RESTART_HINT}")
     return done
 
 
@@ -325,14 +353,44 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def context_length(model: Any) -> int | None:
+    """The most positions the model was built for (None when its config does not say)."""
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def check_prompt_lengths(seqs: Sequence[Sequence[int]], ids: Sequence[str], model: Any, max_new_tokens: int) -> None:
+    """Refuse a prompt that fills the model's context (its answer would be garbage, slowly); warn
+    when the answer may run past it."""
+    limit = context_length(model)
+    if limit is None:
+        return
+    lengths = [len(s) for s in seqs]
+    over = [k for k, n in enumerate(lengths) if n >= limit]
+    if over:
+        k = max(over, key=lambda i: lengths[i])
+        raise DataError(f"query {ids[k]!r}: its prompt is {lengths[k]} tokens, the model's context is {limit} "
+                        f"({len(over)} such quer{'y' if len(over) == 1 else 'ies'}); shorten it")
+    tight = [k for k, n in enumerate(lengths) if n + max_new_tokens > limit]
+    if tight:
+        logger.warning("%d quer%s (first %r) leave fewer than max_new_tokens=%d positions of the model's %d-token "
+                       "context; their answers may be cut short", len(tight), "y" if len(tight) == 1 else "ies",
+                       ids[tight[0]], max_new_tokens, limit)
+
+
 def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Messages]], out_path: Path,
-                  args: InferArgs, resume: bool = True) -> dict[str, Any]:
+                  args: InferArgs, resume: bool = True, settings: dict[str, Any] | None = None,
+                  reuse_output: bool = True) -> dict[str, Any]:
     """Answer ``items`` (id, messages) into the JSONL file ``out_path``; returns serving stats.
 
     Rows: ``{"id", "prediction", "input_tokens", "output_tokens", "latency_s"}`` in input order.
     ``throughput_qps`` is the queries generated in this call over their generation time (at
     ``batch_size``; with the prefix cache, batch size 1 plus the prefix's one-time build); when
     everything was resumed it is estimated from the stored latencies.
+
+    ``settings`` (JSON-ready: the run, the arguments, the input) are recorded beside the partial
+    file; a resume refuses a partial file recorded with other settings. ``reuse_output``: a
+    finished ``out_path`` counts as done rows on resume (the run directory's own predictions).
     """
     args.validate()
     if not isinstance(args.max_new_tokens, int):  # 'auto' is resolved by the pipeline, which knows the data
@@ -350,9 +408,12 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
 
     t_start = time.perf_counter()
     partial = partial_path(out_path)
-    done = _done_rows(out_path, partial, set(ids), resume)
-    todo = [k for k, i in enumerate(ids) if i not in done]
     all_seqs = encode_prompts(tokenizer, [m for _, m in items])
+    check_prompt_lengths(all_seqs, ids, model, args.max_new_tokens)
+    if resume:
+        _check_settings(partial, settings)
+    done = _done_rows(out_path if reuse_output else None, partial, set(ids), resume)
+    todo = [k for k, i in enumerate(ids) if i not in done]
     # The prefix comes from all queries, not only the pending ones, so a resumed run caches the
     # same prefix as an uninterrupted one.
     prefix_len = cacheable_prefix_length(all_seqs) if args.prefix_cache else 0
@@ -369,6 +430,10 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
         else:
             batches = _iter_batched(decode, seqs, todo_ids, args.batch_size)
         partial.parent.mkdir(parents=True, exist_ok=True)
+        if settings is not None and not partial.is_file():
+            from .io import write_json
+
+            write_json(settings_path(partial), settings)  # before the first row: the rows' provenance
         with _progress(args.progress, len(ids), completed=len(done)) as advance:
             for batch in batches:
                 rows = [g.to_row() for _, g in batch]
@@ -380,6 +445,7 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
     rows = [done[i] for i in ids]
     write_jsonl(out_path, rows)
     partial.unlink(missing_ok=True)
+    settings_path(partial).unlink(missing_ok=True)
 
     batch_size = 1 if args.prefix_cache else args.batch_size
     latencies = [float(r["latency_s"]) for r in rows]
@@ -413,6 +479,14 @@ def read_predictions(path: Path) -> dict[str, str]:
 # ---------------------------------------------------------------- models
 
 
+def rebuild_hint(adapter_dir: Path) -> str:
+    """What to do about a damaged adapter: a run's is rebuilt from its stages' final/ by a resume."""
+    config = Path(adapter_dir).parent / "config.yaml"
+    if config.is_file():
+        return f"rebuild it with: promptintern train {config} --resume"
+    return "restore it from a good copy"
+
+
 def load_for_serving(base_model: str, adapter_dir: Path | None, merge: bool | None = None,
                      device: str | None = None, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
     """The base model with a trained PEFT adapter applied, in eval mode: the one way to serve it.
@@ -434,6 +508,11 @@ def load_for_serving(base_model: str, adapter_dir: Path | None, merge: bool | No
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ModelError(f"{adapter_dir}: no PEFT adapter here (adapter_config.json missing)")
+    from .checksums import directory_problem
+
+    problem = directory_problem(adapter_dir)
+    if problem is not None:
+        raise ModelError(f"{adapter_dir}: {problem}; {rebuild_hint(adapter_dir)}")
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(model, str(adapter_dir))

@@ -43,6 +43,10 @@ class Task(ABC):
         """Whether the task has data for ``split`` (a built-in task has all of :data:`SPLITS`)."""
         return split in SPLITS
 
+    def split_source(self, split: str) -> str:
+        """Where ``split`` is read from, as a message names it (a custom task names its file)."""
+        return f"task {self.name}'s {split} data"
+
     def prompt(self, query: str, examples: tuple = (), template: Template | None = None) -> Prompt:
         """A prompt for ``query`` with this task's (or the given) template."""
         return Prompt(template=self.template if template is None else template, query=query, examples=examples)
