@@ -481,10 +481,17 @@ def read_predictions(path: Path) -> dict[str, str]:
 
 def rebuild_hint(adapter_dir: Path) -> str:
     """What to do about a damaged adapter: a run's is rebuilt from its stages' final/ by a resume."""
-    config = Path(adapter_dir).parent / "config.yaml"
-    if config.is_file():
-        return f"rebuild it with: promptintern train {config} --resume"
-    return "restore it from a good copy"
+    run_dir = Path(adapter_dir).parent
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        return "restore it from a good copy"
+    import yaml
+
+    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError):
+        made_in = yaml.safe_load(config.read_text(encoding="utf-8")).get("output_dir")
+        if Path(made_in).resolve() == run_dir.resolve():
+            return f"rebuild it with: promptintern train {config} --resume"
+    return f"rebuild it with: promptintern train {config} --resume --set output_dir={run_dir}"
 
 
 def load_for_serving(base_model: str, adapter_dir: Path | None, merge: bool | None = None,
