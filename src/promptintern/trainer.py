@@ -22,6 +22,11 @@ Run directory (written by the main process only; files and directories atomicall
     run_dir/train/teacher-cache/           a frozen KL teacher's top-k targets per instance (``teacher_cache``)
     run_dir/adapter/                       the final adapter: a copy of the last stage's final/
 
+Each checkpoint, final/ and adapter/ holds ``checksums.json`` (:mod:`promptintern.checksums`),
+verified before a resume builds on it: a damaged checkpoint is passed over for an older one, a
+damaged final/ trains its stage again, a damaged adapter/ is copied again from the last final/.
+SIGTERM / SIGINT save a checkpoint at the current step and stop (:mod:`.training.stop`).
+
 Resume (``resume=True``) skips the stages whose ``final/DONE.json`` exists, loads the adapter
 of the last of them, and continues the first unfinished stage from its latest complete
 checkpoint: adapter weights, optimizer and LR-scheduler state, Python/NumPy/torch RNG states
