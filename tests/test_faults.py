@@ -155,6 +155,33 @@ def test_f5_disk_full_inside_the_trainer_checkpoint_save_is_one_line(finished, t
     assert _same_adapter(run_dir / "adapter", finished / "adapter")
 
 
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 1 MB tmpfs (the run needs about 2.4 MB), mounted where root may mount; skipped elsewhere."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1000k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_f5_a_real_full_disk_is_one_line_and_stays_resumable(finished, task, small_filesystem, capsys):
+    run_dir = small_filesystem / "run"
+    cfg = _config(task, run_dir)
+    assert main(["train", str(cfg)]) == 6
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("promptintern: error: disk full") and "Traceback" not in err
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_filesystem)], check=True)  # space freed
+    assert main(["train", str(cfg), "--resume"]) == 0
+    assert _same_adapter(run_dir / "adapter", finished / "adapter")
+
+
 def test_f6_a_folder_given_for_a_file_is_one_line(finished, tmp_path, capsys):
     folder = tmp_path / "cfgs"
     folder.mkdir()
