@@ -363,7 +363,7 @@ def train_stages(
         if frozen:
             _check_same_vocabulary(teacher.model, model, args.teacher)
 
-    with _make_progress(is_main) as progress, stop_requests() as stop:
+    with _make_progress(is_main) as progress, stop_requests(world == 1) as stop:
         sess = _Session(model, tokenizer, train_dir, args.seed, use_cpu, dtype == torch.bfloat16, world, is_main,
                         progress, callbacks, teacher, validation, stop)
         for pos in range(first_open, len(stages)):

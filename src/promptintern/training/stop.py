@@ -31,13 +31,15 @@ class StopRequest:
 
 
 @contextlib.contextmanager
-def stop_requests() -> Iterator[StopRequest]:
+def stop_requests(enabled: bool = True) -> Iterator[StopRequest]:
     """Record SIGTERM / SIGINT in the yielded :class:`StopRequest` while the block runs.
 
-    Only the main thread can install handlers; elsewhere the signals keep their behaviour.
+    Only the main thread can install handlers; elsewhere, and when not ``enabled`` (several
+    processes, which could each see the signal at another step and wait on each other's save
+    forever), the signals keep their behaviour.
     """
     request = StopRequest()
-    if threading.current_thread() is not threading.main_thread():
+    if not enabled or threading.current_thread() is not threading.main_thread():
         yield request
         return
 
