@@ -187,8 +187,8 @@ def test_f6_a_folder_given_for_a_file_is_one_line(finished, tmp_path, capsys):
     folder.mkdir()
     assert main(["run", str(folder)]) == 2
     assert "Is a directory" in _one_line(capsys)
-    assert main(["infer", "--run", str(finished), "--input", str(folder), "--output", str(tmp_path / "p.jsonl")]) != 0
-    _one_line(capsys)
+    assert main(["infer", "--run", str(finished), "--input", str(folder), "--output", str(tmp_path / "p.jsonl")]) == 3
+    assert "a directory, not a file" in _one_line(capsys)
     assert main(["infer", "--run", str(finished), "--input", str(folder), "--output", str(folder)]) == 5
     assert "is a directory" in _one_line(capsys)
 
