@@ -155,7 +155,7 @@ def export(
         raise RunDirError(f"{run_dir} has no trained adapter (no {adapter.name}/); train it first")
     problem = directory_problem(adapter)
     if problem is not None:  # never export damaged weights
-        from .inference import rebuild_hint
+        from .serving_checks import rebuild_hint
 
         raise RunDirError(f"{adapter}: {problem}; {rebuild_hint(adapter)}")
     config_path = run_dir / "train" / "config.json"

@@ -23,8 +23,8 @@ Choices:
   that KV cache: the fair latency baseline for a full prompt.
 - :func:`run_inference` appends each finished batch to ``<out>.partial`` (flushed and
   fsynced) and, when every query is done, writes ``<out>`` atomically in input order and
-  removes the partial file. Resume keeps the rows already there, trusting that they came from
-  the same model and arguments.
+  removes the partial file. Resume keeps the rows already there; given the call's
+  ``settings`` (run, arguments, input), only when the partial file was made with the same.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,16 +43,13 @@ import torch
 
 from .args import InferArgs  # noqa: F401  (re-exported: it lived here before args.py)
 from .errors import ConfigError, DataError, ModelError
-from .io import iter_jsonl, write_jsonl
+from .io import iter_jsonl, write_json, write_jsonl
 from .progress import progress_bar
 from .prompt import chat_prompt_text
+from .serving_checks import RESTART_HINT, check_adapter, check_prompt_lengths, check_settings, settings_path
 
 END_OF_TURN = "<|im_end|>"
 ROW_FIELDS = ("id", "prediction", "input_tokens", "output_tokens", "latency_s")
-# What to do about predictions a resume cannot use, in commands that exist.
-RESTART_HINT = "delete the file and rerun (promptintern infer: or pass --no-resume)"
-
-logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
 
@@ -308,29 +304,6 @@ def _append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         os.fsync(fh.fileno())
 
 
-def settings_path(partial: Path) -> Path:
-    """Where :func:`run_inference` records what the partial file's rows were generated with."""
-    return partial.with_name(partial.name + ".json")
-
-
-def _check_settings(partial: Path, settings: dict[str, Any] | None) -> None:
-    """Refuse a partial file made by another run, other settings or another input."""
-    if settings is None or not partial.is_file():
-        return
-    from .identity import as_json, differences
-    from .io import read_json
-
-    where = settings_path(partial)
-    saved = read_json(where) if where.is_file() else None
-    if saved is None:
-        raise DataError(f"{partial}: made without a record of its run and settings, so it cannot be resumed; "
-                        "pass --no-resume to discard it")
-    diff = differences(saved, as_json(settings))
-    if diff:
-        raise DataError(f"{partial}: made with a different {', '.join(diff)}; pass --no-resume to discard it, "
-                        "or choose another --output")
-
-
 def _done_rows(out_path: Path | None, partial: Path, wanted: set[str], resume: bool) -> dict[str, dict[str, Any]]:
     """Rows to keep: on resume, those of a finished ``out_path`` and of the partial file."""
     if not resume:
@@ -353,31 +326,6 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def context_length(model: Any) -> int | None:
-    """The most positions the model was built for (None when its config does not say)."""
-    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    return n if isinstance(n, int) and n > 0 else None
-
-
-def check_prompt_lengths(seqs: Sequence[Sequence[int]], ids: Sequence[str], model: Any, max_new_tokens: int) -> None:
-    """Refuse a prompt that fills the model's context (its answer would be garbage, slowly); warn
-    when the answer may run past it."""
-    limit = context_length(model)
-    if limit is None:
-        return
-    lengths = [len(s) for s in seqs]
-    over = [k for k, n in enumerate(lengths) if n >= limit]
-    if over:
-        k = max(over, key=lambda i: lengths[i])
-        raise DataError(f"query {ids[k]!r}: its prompt is {lengths[k]} tokens, the model's context is {limit} "
-                        f"({len(over)} such quer{'y' if len(over) == 1 else 'ies'}); shorten it")
-    tight = [k for k, n in enumerate(lengths) if n + max_new_tokens > limit]
-    if tight:
-        logger.warning("%d quer%s (first %r) leave fewer than max_new_tokens=%d positions of the model's %d-token "
-                       "context; their answers may be cut short", len(tight), "y" if len(tight) == 1 else "ies",
-                       ids[tight[0]], max_new_tokens, limit)
-
-
 def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Messages]], out_path: Path,
                   args: InferArgs, resume: bool = True, settings: dict[str, Any] | None = None,
                   reuse_output: bool = True) -> dict[str, Any]:
@@ -388,9 +336,8 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
     ``batch_size``; with the prefix cache, batch size 1 plus the prefix's one-time build); when
     everything was resumed it is estimated from the stored latencies.
 
-    ``settings`` (JSON-ready: the run, the arguments, the input) are recorded beside the partial
-    file; a resume refuses a partial file recorded with other settings. ``reuse_output``: a
-    finished ``out_path`` counts as done rows on resume (the run directory's own predictions).
+    ``settings`` are recorded beside the partial file (see :mod:`.serving_checks`); ``reuse_output``:
+    a finished ``out_path`` counts as done rows on resume (the run directory's own predictions).
     """
     args.validate()
     if not isinstance(args.max_new_tokens, int):  # 'auto' is resolved by the pipeline, which knows the data
@@ -411,7 +358,7 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
     all_seqs = encode_prompts(tokenizer, [m for _, m in items])
     check_prompt_lengths(all_seqs, ids, model, args.max_new_tokens)
     if resume:
-        _check_settings(partial, settings)
+        check_settings(partial, settings)
     done = _done_rows(out_path if reuse_output else None, partial, set(ids), resume)
     todo = [k for k, i in enumerate(ids) if i not in done]
     # The prefix comes from all queries, not only the pending ones, so a resumed run caches the
@@ -431,8 +378,6 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
             batches = _iter_batched(decode, seqs, todo_ids, args.batch_size)
         partial.parent.mkdir(parents=True, exist_ok=True)
         if settings is not None and not partial.is_file():
-            from .io import write_json
-
             write_json(settings_path(partial), settings)  # before the first row: the rows' provenance
         with _progress(args.progress, len(ids), completed=len(done)) as advance:
             for batch in batches:
@@ -479,21 +424,6 @@ def read_predictions(path: Path) -> dict[str, str]:
 # ---------------------------------------------------------------- models
 
 
-def rebuild_hint(adapter_dir: Path) -> str:
-    """What to do about a damaged adapter: a run's is rebuilt from its stages' final/ by a resume."""
-    run_dir = Path(adapter_dir).parent
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        return "restore it from a good copy"
-    import yaml
-
-    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError):
-        made_in = yaml.safe_load(config.read_text(encoding="utf-8")).get("output_dir")
-        if Path(made_in).resolve() == run_dir.resolve():
-            return f"rebuild it with: promptintern train {config} --resume"
-    return f"rebuild it with: promptintern train {config} --resume --set output_dir={run_dir}"
-
-
 def load_for_serving(base_model: str, adapter_dir: Path | None, merge: bool | None = None,
                      device: str | None = None, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
     """The base model with a trained PEFT adapter applied, in eval mode: the one way to serve it.
@@ -515,11 +445,7 @@ def load_for_serving(base_model: str, adapter_dir: Path | None, merge: bool | No
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ModelError(f"{adapter_dir}: no PEFT adapter here (adapter_config.json missing)")
-    from .checksums import directory_problem
-
-    problem = directory_problem(adapter_dir)
-    if problem is not None:
-        raise ModelError(f"{adapter_dir}: {problem}; {rebuild_hint(adapter_dir)}")
+    check_adapter(adapter_dir)
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(model, str(adapter_dir))

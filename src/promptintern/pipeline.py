@@ -25,10 +25,11 @@ from typing import Any
 from .config import RunConfig
 from .errors import ConfigError, DataError, RunDirError
 from .identity import describe_differences, differences, identity_view
-from .io import clear_dir, locked_dir, read_json, write_json, write_text
+from .io import clear_dir, read_json, write_json, write_text
 from .methods import MethodPlan, plan
 from .prompt import EMPTY_TEMPLATE, Template, to_messages
 from .retrieve import Retriever
+from .run_guard import check_same_inputs, input_digests, locked_new_or_existing
 from .schedule import StagePoint
 from .stages import Stage, build_prompt, build_stages, load_stages, save_stages, validation_builder
 from .tasks import get_task
@@ -131,34 +132,6 @@ def check_same_run(run_dir: Path, cfg: RunConfig) -> None:
     if differences(saved, cfg.identity()):
         raise RunDirError(f"{run_dir} was created with a different {describe_differences(saved, cfg.identity())}; "
                           "set them back to resume it, or choose another output_dir")
-
-
-def input_digests(checked: Checked) -> dict[str, Any]:
-    """Per split the run uses: a hash of its instances as loaded, and where they come from."""
-    import dataclasses
-    import hashlib
-    import json
-
-    out = {}
-    for split, items in (("train", checked.train), ("test", checked.test), ("validation", checked.validation)):
-        if items:
-            h = hashlib.sha256()
-            for inst in items:
-                h.update(json.dumps(dataclasses.asdict(inst), sort_keys=True, default=str).encode() + b"\n")
-            out[split] = {"sha256": h.hexdigest(), "source": checked.task.split_source(split)}
-    return out
-
-
-def check_same_inputs(run_dir: Path, inputs: dict[str, Any]) -> None:
-    """Refuse data that changed since ``run_dir`` was made (its stage files and weights came from the old)."""
-    saved = read_json(run_dir / "run.json").get("inputs")
-    if saved is None:
-        return
-    for split in sorted(set(saved) | set(inputs)):
-        if (saved.get(split) or {}).get("sha256") != (inputs.get(split) or {}).get("sha256"):
-            source = (inputs.get(split) or saved.get(split))["source"]
-            raise RunDirError(f"{run_dir} was made from other {split} data: {source} changed since; "
-                              "restore it to resume, or use --force to start over")
 
 
 def load_data(cfg: RunConfig) -> tuple[Task, list[Instance], list[Instance]]:
@@ -316,27 +289,14 @@ def opened(cfg: RunConfig, resume: bool, force: bool) -> Iterator[tuple[Prepared
         run_dir = Path(cfg.output_dir)
         yield prepare(cfg, run_dir, check(cfg)), run_dir, False
         return
-    with _locked_new_or_existing(Path(cfg.output_dir)):  # held to the end: a second run is refused
+    with locked_new_or_existing(Path(cfg.output_dir)):  # held to the end: a second run is refused
         checked = check(cfg)
-        run_dir = open_run_dir(cfg, resume, force, input_digests(checked))
+        splits = {"train": checked.train, "test": checked.test, "validation": checked.validation}
+        run_dir = open_run_dir(cfg, resume, force, input_digests(checked.task, splits))
         prep = prepare(cfg, run_dir, checked)
         if state is not None:
             state.wait_for_everyone()
         yield prep, run_dir, True
-
-
-@contextlib.contextmanager
-def _locked_new_or_existing(run_dir: Path) -> Iterator[Path]:
-    """:func:`locked_dir` on ``run_dir``; a directory it had to create goes again when the block
-    fails while it is still empty (a refused config leaves nothing behind)."""
-    created = not run_dir.exists()
-    with locked_dir(run_dir):
-        try:
-            yield run_dir
-        except BaseException:
-            if created and run_dir.is_dir() and not any(run_dir.iterdir()):
-                run_dir.rmdir()
-            raise
 
 
 def process_state(cfg: RunConfig) -> Any:
