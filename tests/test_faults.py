@@ -291,3 +291,16 @@ def test_a_refused_config_leaves_no_run_directory(task, tmp_path, capsys):
     assert main(["train", str(cfg), "--set", "schedule.k=50"]) == 2
     _one_line(capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_corrupt_partial_file_names_commands_that_exist(tmp_path):
+    from promptintern.errors import DataError
+    from promptintern.inference import load_partial
+
+    row = json.dumps({"id": "a", "prediction": "x", "input_tokens": 1, "output_tokens": 1, "latency_s": 0.1})
+    partial = tmp_path / "p.jsonl.partial"
+    partial.write_text(f"{row}\n{{not json\n{row}\n")
+    with pytest.raises(DataError) as caught:
+        load_partial(partial)
+    assert str(caught.value) == (f"{partial}:2: corrupt row; delete the file and rerun "
+                                 "(promptintern infer: or pass --no-resume)")
