@@ -1,4 +1,5 @@
-"""Run the promptintern CLI and SIGKILL the process at a named point (for the interruption tests).
+"""Run the promptintern CLI and SIGKILL the process at a named point (for the interruption tests);
+points ``sigterm`` and ``sigint`` send that signal instead, mid-step, and let the process stop itself.
 
 Usage: python kill_runner.py POINT CLI-ARGS...  The kill is injected by wrapping a library
 function, so the process dies exactly where a real crash could, with no test hook in the product.
@@ -63,6 +64,19 @@ def install(point: str) -> None:
         import promptintern.inference as inf
 
         after(inf, "_append_rows")
+    elif point in ("sigterm", "sigint"):  # a stop requested during stage 1's second step (no checkpoint due)
+        from transformers import Trainer
+
+        signum = signal.SIGTERM if point == "sigterm" else signal.SIGINT
+        original = Trainer.training_step
+
+        def training_step(self, *args, **kwargs):
+            out = original(self, *args, **kwargs)
+            if "stage-1" in str(self.args.output_dir) and self.state.global_step == 1:
+                os.kill(os.getpid(), signum)
+            return out
+
+        Trainer.training_step = training_step
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 

@@ -1,4 +1,5 @@
-"""SIGKILL at any phase, then ``--resume``: the final metrics equal an uninterrupted run's.
+"""SIGKILL at any phase, or SIGTERM mid-stage, then ``--resume``: the final metrics equal an
+uninterrupted run's.
 
 Phases: (a) model conversion, (b) retrieval index build, (c) stage dataset build, (d) mid-stage
 training, (e) between stages, (f) inference halfway through the test set. The kill is injected
@@ -62,7 +63,30 @@ def test_sigkill_then_resume_matches_uninterrupted(point, reference, tmp_path, m
     assert not (run_dir / "metrics.json").exists()
 
     assert main(["run", str(cfg), "--resume"]) == 0
+    _assert_same_as(run_dir, reference)
 
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_and_the_resume_matches_uninterrupted(reference, tmp_path):
+    """A service manager's stop mid-stage: checkpoint at the step it is on, one line, exit 143."""
+    raw = tiny_run_config(tmp_path / "run", data={"test_size": 5},
+                          infer={"max_new_tokens": 6, "batch_size": 2, "progress": False})
+    raw["train"]["save_steps"] = 100  # no checkpoint due: the only one is the signal's
+    cfg = write_config(tmp_path / "run.yaml", raw)
+    proc = subprocess.run([sys.executable, str(HERE / "kill_runner.py"), "sigterm", "run", str(cfg)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "promptintern: error: stopped by SIGTERM in stage 2/2 at step 2; checkpoint-2 saved; "
+        "rerun with --resume to continue")
+    run_dir = tmp_path / "run"
+    assert [p.name for p in (run_dir / "train" / "stage-1").iterdir()] == ["checkpoint-2"]
+    assert main(["run", str(cfg), "--resume"]) == 0
+    _assert_same_as(run_dir, reference)
+
+
+def _assert_same_as(run_dir: Path, reference: Path) -> None:
+    """Metrics (but timing), predictions and adapter weights equal the uninterrupted run's."""
     got = json.loads((run_dir / "metrics.json").read_text())
     want = json.loads((reference / "metrics.json").read_text())
     from promptintern.identity import differences

@@ -359,7 +359,8 @@ def test_damaged_checkpoint_falls_back_and_says_so(killed_in_stage_1, reference_
     with caplog.at_level(logging.WARNING, logger="promptintern.trainer"):
         train_stages(toy_stages(), model_name="tiny-random", lora=LoraArgs(), args=toy_args(), run_dir=run_dir,
                      resume=True)
-    assert f"stage 1: checkpoint-4 cannot be resumed from (optimizer.pt unreadable (BadZipFile)); {then}" in caplog.text
+    assert (f"stage 2/3: checkpoint-4 cannot be resumed from (optimizer.pt does not match its checksum "
+            f"(damaged since it was saved)); {then}") in caplog.text
     assert_same_tensors(adapter_tensors(run_dir / "adapter"), adapter_tensors(reference_run / "adapter"))
     assert [s["train_loss"] for s in _history(run_dir)["stages"]] == [s["train_loss"] for s in _history(reference_run)["stages"]]
 
@@ -368,10 +369,16 @@ def test_checkpoint_problem_names_the_damaged_file(killed_in_stage_1, tmp_path):
     ckpt = Path(shutil.copytree(killed_in_stage_1 / "train" / "stage-1" / "checkpoint-4", tmp_path / "checkpoint-4"))
     assert checkpoint_problem(ckpt) is None
     weights = ckpt / "adapter_model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-8])
-    assert checkpoint_problem(ckpt) == "adapter_model.safetensors unreadable (SafetensorError)"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-8])
+    assert checkpoint_problem(ckpt) == "adapter_model.safetensors does not match its checksum (damaged since it was saved)"
+    weights.write_bytes(original)
     (ckpt / "trainer_state.json").write_text("{")
-    assert "trainer_state.json" in checkpoint_problem(ckpt)
+    assert checkpoint_problem(ckpt) == "trainer_state.json does not match its checksum (damaged since it was saved)"
+    (ckpt / "checksums.json").unlink()  # a checkpoint of an older version: checked by format only
+    assert checkpoint_problem(ckpt) == "trainer_state.json unreadable (DataError)"
+    (ckpt / "trainer_state.json").write_text("{}")
+    assert checkpoint_problem(ckpt) == "trainer_state.json does not hold the step"
 
 
 def test_resume_with_kept_optimizer_state_matches_uninterrupted_run(tmp_path):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import errno
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -83,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--prefix-cache", action="store_true", help="reuse the template's KV cache (batch 1)")
-    p.add_argument("--no-resume", action="store_true", help="ignore predictions already written")
+    p.add_argument("--no-resume", action="store_true", help="discard the predictions of an interrupted call")
+    p.add_argument("--force", action="store_true", help="replace an existing --output file")
 
     p = sub.add_parser("queries", help="collect new, unlabelled queries (logs, held-out training pairs, a "
                                        "generator) for a teacher to answer; refuses validation/test queries")
@@ -192,6 +194,17 @@ def dispatch(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or bool(os.environ.get("PROMPTINTERN_DEBUG"))
+    previous = None
+    with contextlib.suppress(ValueError):  # ValueError: not the main thread (a caller of main())
+        previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        return _main(args, debug)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace, debug: bool) -> int:
     try:
         quiet_libraries()
         with cli_threads(args.threads):
@@ -201,15 +214,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"promptintern: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC or debug:
+    except (OSError, RuntimeError) as exc:
+        line = None if debug else _os_error_line(exc)
+        if line is None:
             raise
-        print(f"promptintern: error: disk full ({exc.filename or 'while writing'}); "
-              "free space and rerun with --resume", file=sys.stderr)
-        return 6
-    except KeyboardInterrupt:
-        print("promptintern: interrupted (rerun with --resume to continue)", file=sys.stderr)
-        return 130
+        print(f"promptintern: error: {line[0]}", file=sys.stderr)
+        return line[1]
+    except KeyboardInterrupt as exc:
+        signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
+        print(f"promptintern: stopped by {signal.Signals(signum).name} (rerun with --resume to continue)",
+              file=sys.stderr)
+        return 128 + signum
+
+
+# A path that is the wrong kind of thing, or cannot be read: the user's mistake, one line.
+_PATH_ERRORS = (IsADirectoryError, NotADirectoryError, FileExistsError, FileNotFoundError, PermissionError)
+
+
+def _os_error_line(exc: BaseException) -> tuple[str, int] | None:
+    """(one-line message, exit status) for a full disk or a path mistake; None for anything else."""
+    from .errors import disk_full
+
+    if disk_full(exc):
+        where = getattr(exc, "filename", None) or "while writing"
+        return f"disk full ({where}); free space and rerun with --resume", 6
+    if isinstance(exc, _PATH_ERRORS) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or type(exc).__name__}", 2
+    return None
+
+
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM outside training (where a checkpoint is saved first): stop like Ctrl-C, one line."""
+    raise KeyboardInterrupt(signum)
 
 
 if __name__ == "__main__":

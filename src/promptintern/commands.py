@@ -92,6 +92,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     stats = infer_file(
         Path(args.run), Path(args.input), Path(args.output), batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, prefix_cache=args.prefix_cache or None, resume=not args.no_resume,
+        force=args.force,
     )
     _console().print(
         f"{stats['n']} predictions → {args.output}  ({stats['throughput_qps']:.2f} queries/s, "

@@ -7,7 +7,8 @@
   saved with tokenizer, chat template and generation config; ``AutoModelForCausalLM`` loads it
   and any server that serves the base serves it, with no LoRA support needed.
 
-Both get a README.md model card (base model, schedule, hyperparameters, metrics when
+Both get a README.md model card and ``checksums.json`` (SHA-256 of every file,
+:mod:`promptintern.checksums`); the run's adapter is verified before it is exported. Both get a README.md model card (base model, schedule, hyperparameters, metrics when
 ``run_dir/metrics.json`` exists).
 
 The query wrapping travels with the model. A method served with a fixed prompt around the
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .checksums import directory_problem, write_checksums
 from .errors import ModelError, RunDirError
 from .io import atomic_dir, read_json, write_json, write_text
 
@@ -152,6 +154,11 @@ def export(
     adapter = run_dir / "adapter"
     if not all((adapter / name).is_file() for name in ADAPTER_FILES):
         raise RunDirError(f"{run_dir} has no trained adapter (no {adapter.name}/); train it first")
+    problem = directory_problem(adapter)
+    if problem is not None:  # never export damaged weights
+        from .serving_checks import rebuild_hint
+
+        raise RunDirError(f"{adapter}: {problem}; {rebuild_hint(adapter)}")
     config_path = run_dir / "train" / "config.json"
     if not config_path.is_file():
         raise RunDirError(f"{run_dir} has no train/config.json; it was not trained by promptintern")
@@ -176,6 +183,7 @@ def export(
         write_text(tmp / "README.md",
                    model_card_text(record, base, merge, history, metrics, model_card or {}, served))
         write_json(tmp / SERVING_FILE, serving_record(run_dir, served))
+        write_checksums(tmp)  # what a reader of the export can verify it against
     return out
 
 

@@ -23,8 +23,8 @@ Choices:
   that KV cache: the fair latency baseline for a full prompt.
 - :func:`run_inference` appends each finished batch to ``<out>.partial`` (flushed and
   fsynced) and, when every query is done, writes ``<out>`` atomically in input order and
-  removes the partial file. Resume keeps the rows already there, trusting that they came from
-  the same model and arguments.
+  removes the partial file. Resume keeps the rows already there; given the call's
+  ``settings`` (run, arguments, input), only when the partial file was made with the same.
 """
 
 from __future__ import annotations
@@ -43,9 +43,10 @@ import torch
 
 from .args import InferArgs  # noqa: F401  (re-exported: it lived here before args.py)
 from .errors import ConfigError, DataError, ModelError
-from .io import iter_jsonl, write_jsonl
+from .io import iter_jsonl, write_json, write_jsonl
 from .progress import progress_bar
 from .prompt import chat_prompt_text
+from .serving_checks import RESTART_HINT, check_adapter, check_prompt_lengths, check_settings, settings_path
 
 END_OF_TURN = "<|im_end|>"
 ROW_FIELDS = ("id", "prediction", "input_tokens", "output_tokens", "latency_s")
@@ -284,7 +285,7 @@ def load_partial(path: Path) -> dict[str, dict[str, Any]]:
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 if lineno == len(lines):
                     break
-                raise DataError(f"{path}:{lineno}: corrupt row; delete the file or run without resume") from exc
+                raise DataError(f"{path}:{lineno}: corrupt row; {RESTART_HINT}") from exc
             row = _check_row(row, f"{path}:{lineno}")
             rows[str(row["id"])] = row
         good_end = pos
@@ -303,21 +304,21 @@ def _append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         os.fsync(fh.fileno())
 
 
-def _done_rows(out_path: Path, partial: Path, wanted: set[str], resume: bool) -> dict[str, dict[str, Any]]:
+def _done_rows(out_path: Path | None, partial: Path, wanted: set[str], resume: bool) -> dict[str, dict[str, Any]]:
     """Rows to keep: on resume, those of a finished ``out_path`` and of the partial file."""
     if not resume:
         partial.unlink(missing_ok=True)
+        settings_path(partial).unlink(missing_ok=True)
         return {}
     done: dict[str, dict[str, Any]] = {}
-    if out_path.is_file():
+    if out_path is not None and out_path.is_file():
         for row in iter_jsonl(out_path, required=ROW_FIELDS):
             done[str(row["id"])] = row
     done.update(load_partial(partial))
     stray = next((i for i in done if i not in wanted), None)
     if stray is not None:
         where = partial if partial.is_file() else out_path
-        raise DataError(f"{where}: has predictions for id {stray!r}, which is not among the queries; "
-                        "delete it or run without resume")
+        raise DataError(f"{where}: has predictions for id {stray!r}, which is not among the queries; {RESTART_HINT}")
     return done
 
 
@@ -326,13 +327,17 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Messages]], out_path: Path,
-                  args: InferArgs, resume: bool = True) -> dict[str, Any]:
+                  args: InferArgs, resume: bool = True, settings: dict[str, Any] | None = None,
+                  reuse_output: bool = True) -> dict[str, Any]:
     """Answer ``items`` (id, messages) into the JSONL file ``out_path``; returns serving stats.
 
     Rows: ``{"id", "prediction", "input_tokens", "output_tokens", "latency_s"}`` in input order.
     ``throughput_qps`` is the queries generated in this call over their generation time (at
     ``batch_size``; with the prefix cache, batch size 1 plus the prefix's one-time build); when
     everything was resumed it is estimated from the stored latencies.
+
+    ``settings`` are recorded beside the partial file (see :mod:`.serving_checks`); ``reuse_output``:
+    a finished ``out_path`` counts as done rows on resume (the run directory's own predictions).
     """
     args.validate()
     if not isinstance(args.max_new_tokens, int):  # 'auto' is resolved by the pipeline, which knows the data
@@ -350,9 +355,12 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
 
     t_start = time.perf_counter()
     partial = partial_path(out_path)
-    done = _done_rows(out_path, partial, set(ids), resume)
-    todo = [k for k, i in enumerate(ids) if i not in done]
     all_seqs = encode_prompts(tokenizer, [m for _, m in items])
+    check_prompt_lengths(all_seqs, ids, model, args.max_new_tokens)
+    if resume:
+        check_settings(partial, settings)
+    done = _done_rows(out_path if reuse_output else None, partial, set(ids), resume)
+    todo = [k for k, i in enumerate(ids) if i not in done]
     # The prefix comes from all queries, not only the pending ones, so a resumed run caches the
     # same prefix as an uninterrupted one.
     prefix_len = cacheable_prefix_length(all_seqs) if args.prefix_cache else 0
@@ -369,6 +377,8 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
         else:
             batches = _iter_batched(decode, seqs, todo_ids, args.batch_size)
         partial.parent.mkdir(parents=True, exist_ok=True)
+        if settings is not None and not partial.is_file():
+            write_json(settings_path(partial), settings)  # before the first row: the rows' provenance
         with _progress(args.progress, len(ids), completed=len(done)) as advance:
             for batch in batches:
                 rows = [g.to_row() for _, g in batch]
@@ -380,6 +390,7 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
     rows = [done[i] for i in ids]
     write_jsonl(out_path, rows)
     partial.unlink(missing_ok=True)
+    settings_path(partial).unlink(missing_ok=True)
 
     batch_size = 1 if args.prefix_cache else args.batch_size
     latencies = [float(r["latency_s"]) for r in rows]
@@ -434,6 +445,7 @@ def load_for_serving(base_model: str, adapter_dir: Path | None, merge: bool | No
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ModelError(f"{adapter_dir}: no PEFT adapter here (adapter_config.json missing)")
+    check_adapter(adapter_dir)
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(model, str(adapter_dir))

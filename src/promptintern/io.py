@@ -174,7 +174,7 @@ def iter_jsonl(
     """
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"{p}: file not found")
+        raise DataError(f"{p}: {'a directory, not a file' if p.is_dir() else 'file not found'}")
     with open(p, "rb") as fh:
         for lineno, raw in enumerate(_bounded_lines(fh, max_line_bytes, p), start=1):
             if not raw.strip():

@@ -24,11 +24,12 @@ from typing import Any
 
 from .config import RunConfig
 from .errors import ConfigError, DataError, RunDirError
-from .identity import describe_differences, differences
-from .io import clear_dir, locked_dir, read_json, write_json, write_text
+from .identity import describe_differences, differences, identity_view
+from .io import clear_dir, read_json, write_json, write_text
 from .methods import MethodPlan, plan
 from .prompt import EMPTY_TEMPLATE, Template, to_messages
 from .retrieve import Retriever
+from .run_guard import check_same_inputs, input_digests, locked_new_or_existing
 from .schedule import StagePoint
 from .stages import Stage, build_prompt, build_stages, load_stages, save_stages, validation_builder
 from .tasks import get_task
@@ -80,13 +81,15 @@ class Prepared:
     validation: list[Instance] = field(default_factory=list)
 
 
-def open_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
+def open_run_dir(cfg: RunConfig, resume: bool, force: bool, inputs: dict[str, Any] | None = None) -> Path:
     """Create or reopen the run directory, refusing to mix two configs in one directory.
 
     The caller holds :func:`promptintern.io.locked_dir` on it (see :func:`train`, :func:`run`).
 
     Fields marked ``volatile`` (logging, checkpoint cadence, threads, output_dir) may change on
-    ``--resume``; any other difference is refused, naming the fields.
+    ``--resume``; any other difference is refused, naming the fields. ``inputs`` (see
+    :func:`input_digests`) are the run's data: a split changed since the run was made is refused
+    on ``--resume``, naming its file (a run made before they were recorded is not checked).
     """
     run_dir = Path(cfg.output_dir)
     marker = run_dir / "run.json"
@@ -97,10 +100,13 @@ def open_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
             raise RunDirError(f"{run_dir} exists and is not a promptintern run; use --force to overwrite it")
         else:
             check_same_run(run_dir, cfg)
+            if inputs is not None:
+                check_same_inputs(run_dir, inputs)
             if not resume:
                 raise RunDirError(f"{run_dir} already holds this run; use --resume to continue or --force to restart")
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"fingerprint": cfg.fingerprint(), "identity": cfg.identity()})
+    marker_data = {"fingerprint": cfg.fingerprint(), "identity": cfg.identity()}
+    write_json(marker, marker_data if inputs is None else {**marker_data, "inputs": inputs})
     write_text(run_dir / "config.yaml", cfg.to_yaml())
     return run_dir
 
@@ -262,27 +268,32 @@ def serving_messages(prep: Prepared, instances: Sequence[Instance], tau: float, 
 
 def train(cfg: RunConfig, resume: bool = False, force: bool = False) -> Path | None:
     """Prepare the stages and train the method's adapter; returns its directory (None for ``base``)."""
-    checked = check(cfg)
-    with opened(cfg, checked, resume, force) as (prep, run_dir, _):
+    with opened(cfg, resume, force) as (prep, run_dir, _):
         return _train(prep, run_dir, resume)
 
 
 @contextlib.contextmanager
-def opened(cfg: RunConfig, checked: Checked, resume: bool, force: bool) -> Iterator[tuple[Prepared, Path, bool]]:
+def opened(cfg: RunConfig, resume: bool, force: bool) -> Iterator[tuple[Prepared, Path, bool]]:
     """(prepared run, run directory, is the main process) for the block's life.
 
     Under ``torchrun`` or ``accelerate launch`` every process runs the command. Only the main
-    process locks the directory (for the whole block), opens it and prepares the stages; the
-    others wait for it and then read the files it wrote. No two processes write one file.
+    process locks the directory (for the whole block), checks the config, opens the directory
+    and prepares the stages; the others wait for it and then read the files it wrote. No two
+    processes write one file. The lock comes first, so a second run is refused at once, not
+    after the data and tokenizer checks.
     """
+    if resume and force:
+        raise ConfigError("--resume and --force contradict each other: --resume continues the run, --force deletes it")
     state = process_state(cfg)
     if state is not None and not state.is_main_process:
         state.wait_for_everyone()  # the main process has prepared the directory
         run_dir = Path(cfg.output_dir)
-        yield prepare(cfg, run_dir, checked), run_dir, False
+        yield prepare(cfg, run_dir, check(cfg)), run_dir, False
         return
-    with locked_dir(cfg.output_dir):  # held to the end: a second run, --resume or --force is refused
-        run_dir = open_run_dir(cfg, resume, force)
+    with locked_new_or_existing(Path(cfg.output_dir)):  # held to the end: a second run is refused
+        checked = check(cfg)
+        splits = {"train": checked.train, "test": checked.test, "validation": checked.validation}
+        run_dir = open_run_dir(cfg, resume, force, input_digests(checked.task, splits))
         prep = prepare(cfg, run_dir, checked)
         if state is not None:
             state.wait_for_everyone()
@@ -306,8 +317,10 @@ def _train(prep: Prepared, run_dir: Path, resume: bool) -> Path | None:
 
     if not prep.plan.trains:
         return None
+    from .trainer import adapter_problem
+
     final = run_dir / "adapter"
-    if final.is_dir():
+    if final.is_dir() and adapter_problem(final) is None:
         return final
     return train_stages(
         prep.stages, model_name=prep.cfg.model, lora=prep.cfg.lora, args=prep.cfg.train,
@@ -335,8 +348,7 @@ def systems(prep: Prepared) -> dict[str, tuple[bool, float, int]]:
 
 def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, Any]:
     """The whole job; returns the metrics dict also written to ``run_dir/metrics.json``."""
-    checked = check(cfg)
-    with opened(cfg, checked, resume, force) as (prep, run_dir, is_main):
+    with opened(cfg, resume, force) as (prep, run_dir, is_main):
         return _run(prep, run_dir, resume, is_main)
 
 
@@ -397,14 +409,18 @@ def _train_info(run_dir: Path, wall: float) -> dict[str, Any]:
 
 
 def infer_file(run_dir: Path, input_path: Path, output: Path, *, batch_size: int | None = None,
-               max_new_tokens: int | None = None, prefix_cache: bool | None = None, resume: bool = True) -> dict[str, Any]:
+               max_new_tokens: int | None = None, prefix_cache: bool | None = None, resume: bool = True,
+               force: bool = False) -> dict[str, Any]:
     """Answer the queries of ``input_path`` with the run's method, served with its own prompt.
 
-    Arguments left at None take the run's ``infer`` settings.
+    Arguments left at None take the run's ``infer`` settings. An existing ``output`` is refused
+    unless ``force`` (it may hold another run's answers); an interrupted call resumes only with
+    the same run, adapter, settings and input (see :func:`promptintern.inference.run_inference`).
     """
     from dataclasses import replace
 
     from .answer_length import resolve_infer_args
+    from .checksums import file_sha256
     from .config import load_config
     from .inference import load_for_inference, run_inference
     from .io import read_jsonl
@@ -412,6 +428,10 @@ def infer_file(run_dir: Path, input_path: Path, output: Path, *, batch_size: int
 
     if not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"{run_dir} is not a promptintern run directory (no config.yaml)")
+    if output.is_dir():
+        raise RunDirError(f"--output {output} is a directory; name a file")
+    if output.exists() and not force:
+        raise RunDirError(f"{output} exists; pass --force to replace it, or choose another --output")
     cfg = load_config(str(run_dir / "config.yaml"))
     rows = read_jsonl(input_path, required=("query",))
     if not rows:
@@ -427,4 +447,7 @@ def infer_file(run_dir: Path, input_path: Path, output: Path, *, batch_size: int
                    max_new_tokens=max_new_tokens or cfg.infer.max_new_tokens)
     args = resolve_infer_args(args, cfg.model, prep.task, prep.train)  # 'auto' from the run's training answers
     items = serving_messages(prep, queries, prep.plan.serve_tau, prep.plan.serve_k)
-    return run_inference(model, tok, items, output, args, resume=resume)
+    settings = {"run": str(run_dir.resolve()), "config": cfg.fingerprint(), "infer": identity_view(args),
+                "adapter": file_sha256(adapter / "adapter_model.safetensors") if prep.plan.trains else None,
+                "input": file_sha256(input_path)}
+    return run_inference(model, tok, items, output, args, resume=resume, settings=settings, reuse_output=False)

@@ -107,6 +107,7 @@ def run_fingerprint(run_dir: Path) -> dict[str, Any]:
 
 def export_for_serving(run_dir: Path) -> Path:
     """The merged export of ``run_dir`` in the cache (built on first use, published atomically)."""
+    from .checksums import directory_problem
     from .exporter import ADAPTER_FILES, export
     from .io import read_json
     from .models import MARKER, cache_root, publish_dir
@@ -120,17 +121,22 @@ def export_for_serving(run_dir: Path) -> Path:
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     dest = cache_root() / "serve" / key
     marker = dest / MARKER
-    if not (marker.is_file() and read_json(marker) == recipe):
+    if not (marker.is_file() and read_json(marker) == recipe) or directory_problem(dest / "model") is not None:
         publish_dir(dest, recipe, lambda tmp: export(run_dir, tmp / "model", merge=True))
     return dest / "model"
 
 
 def resolve_served_dir(path: Path) -> Path:
     """The model directory to serve for ``path`` (a run or an export); see the module docstring."""
+    from .checksums import directory_problem, has_checksums
+
     path = Path(path)
     if not path.is_dir():
         raise RunDirError(f"{path}: no such directory (give a run directory or an exported model)")
     if (path / "config.json").is_file():
+        problem = directory_problem(path) if has_checksums(path) else None
+        if problem is not None:
+            raise RunDirError(f"{path}: {problem}; export the run again")
         return path.resolve()
     if (path / "adapter_config.json").is_file():
         raise RunDirError(f"{path} is a LoRA adapter export; serve the run directory or a --merge export")

@@ -22,6 +22,11 @@ Run directory (written by the main process only; files and directories atomicall
     run_dir/train/teacher-cache/           a frozen KL teacher's top-k targets per instance (``teacher_cache``)
     run_dir/adapter/                       the final adapter: a copy of the last stage's final/
 
+Each checkpoint, final/ and adapter/ holds ``checksums.json`` (:mod:`promptintern.checksums`),
+verified before a resume builds on it: a damaged checkpoint is passed over for an older one, a
+damaged final/ trains its stage again, a damaged adapter/ is copied again from the last final/.
+SIGTERM / SIGINT save a checkpoint at the current step and stop (:mod:`.training.stop`).
+
 Resume (``resume=True``) skips the stages whose ``final/DONE.json`` exists, loads the adapter
 of the last of them, and continues the first unfinished stage from its latest complete
 checkpoint: adapter weights, optimizer and LR-scheduler state, Python/NumPy/torch RNG states
@@ -63,7 +68,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +85,9 @@ from .args import (  # noqa: F401  (re-exported: the argument classes lived here
     TrainArgs,
     volatile_fields,
 )
+from .checksums import write_checksums
 from .distill import CACHE_DIR, Teacher, TeacherCache, load_frozen_teacher, teacher_fingerprint
-from .errors import ConfigError, DataError, ModelError, RunDirError
+from .errors import ConfigError, DataError, ModelError, RunDirError, Stopped, disk_full_is_one_line
 from .io import atomic_dir, write_json
 from .shared_prefix import token_summary
 from .stages import Stage, StageRecord
@@ -95,10 +101,12 @@ from .training.checkpoints import (  # noqa: F401  (re-exported)
     _prepare_run_dir,
     _stage_dir,
     _write_history,
+    adapter_problem,
     checkpoint_carry,
     checkpoint_problem,
     latest_checkpoint,
     stage_done,
+    stage_label,
     train_record,
 )
 from .training.data import PadCollator, tokenize_records  # noqa: F401  (re-exported)
@@ -111,6 +119,7 @@ from .training.hf import (  # noqa: F401  (re-exported)
     resolve_dtype,
 )
 from .training.loss import answer_loss  # noqa: F401  (re-exported)
+from .training.stop import StopRequest, stop_callback, stop_requests
 from .training.validation import early_stopping, stage_validation, stop_record
 
 logger = logging.getLogger(__name__)
@@ -145,17 +154,18 @@ class _Session:
     callbacks: Sequence[Any]
     teacher: Teacher | None = None
     validation: Callable[[Stage], Sequence[StageRecord]] | None = None
+    stop: StopRequest = field(default_factory=StopRequest)
 
 
-def _validation_data(sess: _Session, stage: Stage, args: TrainArgs) -> list[dict[str, list[int]]]:
+def _validation_data(sess: _Session, stage: Stage, args: TrainArgs, label: str) -> list[dict[str, list[int]]]:
     """The stage's validation records as token ids (none when validation is off or the task has none)."""
     if sess.validation is None or not args.validates():
         return []
     records = sess.validation(stage)
     data, dropped = tokenize_records(records, sess.tokenizer, args.max_length)
     if dropped:
-        logger.warning("stage %d: %d of %d validation records longer than max_length=%d tokens left out",
-                       stage.index, len(dropped), len(records), args.max_length)
+        logger.warning("%s: %d of %d validation records longer than max_length=%d tokens left out",
+                       label, len(dropped), len(records), args.max_length)
     return data
 
 
@@ -171,16 +181,16 @@ def _train_stage(
     sdir = _stage_dir(sess.train_dir, stage.index)
     data, dropped = tokenize_records(stage.records, sess.tokenizer, args.max_length, with_teacher=args.uses_teacher())
     if dropped:
-        logger.warning("stage %d: dropped %d of %d records longer than max_length=%d tokens (first: %s)",
-                       stage.index, len(dropped), len(stage.records), args.max_length, dropped[0])
+        logger.warning("%s: dropped %d of %d records longer than max_length=%d tokens (first: %s)",
+                       label, len(dropped), len(stage.records), args.max_length, dropped[0])
     if not data:
-        raise DataError(f"stage {stage.index}: no record fits max_length={args.max_length} tokens")
-    val_data = _validation_data(sess, stage, args)
+        raise DataError(f"{label}: no record fits max_length={args.max_length} tokens")
+    val_data = _validation_data(sess, stage, args, label)
     early_stop = args.early_stopping_patience is not None
     select_best = (last and args.select_best) or early_stop
     if select_best and not val_data:
         what = "early_stopping_patience" if early_stop else "select_best"
-        raise DataError(f"train.{what}: stage {stage.index} has no validation record within max_length")
+        raise DataError(f"train.{what}: {label} has no validation record within max_length")
     tok = sess.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     carry = checkpoint_carry(checkpoint)
@@ -192,7 +202,7 @@ def _train_stage(
         train_dataset=data,
         eval_dataset=val_data if select_best else None,
         data_collator=PadCollator(pad_id),
-        callbacks=[_progress_callback_class()(sess.progress, label),
+        callbacks=[_progress_callback_class()(sess.progress, label), stop_callback(sess.stop),
                    *early_stopping(args.early_stopping_patience), *sess.callbacks],
         loss=args.loss,
         optimizer_state=optimizer_state if args.optimizer_state == "keep" else None,
@@ -205,8 +215,11 @@ def _train_stage(
     trainer.remove_callback(PrinterCallback)
     teacher_before = sess.teacher.stats() if sess.teacher is not None else None
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with disk_full_is_one_line(f"a checkpoint of {label} in {sdir}"):
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     wall = time.perf_counter() - t0
+    if (sdir / f"checkpoint-{result.global_step}").is_dir():  # else the stop came after the last step: finish it
+        _raise_if_stopped(sess.stop, f"in {label} at step {result.global_step}; checkpoint-{result.global_step} saved")
     teacher_stats = {"teacher_wall_s": 0.0}
     if sess.teacher is not None:  # this stage's share of the teacher's work (this process)
         teacher_stats = {k: v - teacher_before[k] for k, v in sess.teacher.stats().items()}
@@ -223,10 +236,11 @@ def _train_stage(
         "resumed_from": checkpoint.name if checkpoint else None, "log_history": trainer.state.log_history,
     }
     if sess.is_main:
-        with atomic_dir(sdir / "final") as tmp:
+        with disk_full_is_one_line(f"the adapter of {label} in {sdir / 'final'}"), atomic_dir(sdir / "final") as tmp:
             sess.model.save_pretrained(str(tmp))
             if carried is not None:
                 torch.save(carried, tmp / "optimizer.pt")
+            write_checksums(tmp)  # what a resume verifies before it builds on this stage
             write_json(tmp / DONE_FILE, summary)  # last: a final/ with DONE.json is complete
         if not args.keep_checkpoints:
             for old in sdir.glob("checkpoint-*"):
@@ -234,6 +248,21 @@ def _train_stage(
     trainer.accelerator.free_memory()
     _barrier()
     return carried
+
+
+def _raise_if_stopped(stop: StopRequest, where: str) -> None:
+    if stop.signum is not None:
+        raise Stopped(f"stopped by {stop.name} {where}; rerun with --resume to continue", stop.signum)
+
+
+def _publish_adapter(train_dir: Path, stages: Sequence[Stage], adapter_dir: Path) -> None:
+    """``adapter/``: the last stage's final/ adapter files, with their checksums."""
+    last_final = _stage_dir(train_dir, stages[-1].index) / "final"
+    with disk_full_is_one_line(str(adapter_dir)), atomic_dir(adapter_dir) as tmp:
+        for item in last_final.iterdir():
+            if item.is_file() and item.name not in (DONE_FILE, "optimizer.pt", "checksums.json"):
+                shutil.copy2(item, tmp / item.name)
+        write_checksums(tmp)
 
 
 def _lr_spans(stage_args: Sequence[TrainArgs]) -> list[tuple[int, int]]:
@@ -284,6 +313,8 @@ def train_stages(
 
     if not stages:
         raise ConfigError("no stages to train")
+    if resume and force:
+        raise ConfigError("--resume and --force contradict each other: --resume continues the run, --force deletes it")
     lora.validate()
     args.validate()
     unknown = sorted(set(args.stage_overrides) - {s.index for s in stages})
@@ -308,7 +339,10 @@ def train_stages(
     state = PartialState(cpu=use_cpu)  # under torchrun / accelerate launch: joins the process group
     is_main, world = state.is_main_process, state.num_processes
     first_open, resume_from = _prepare_run_dir(stages, train_dir, adapter_dir, record, resume, force, is_main, world)
-    if first_open == len(stages) and adapter_dir.is_dir():
+    if first_open == len(stages):
+        if is_main and adapter_problem(adapter_dir) is not None:  # missing, or damaged (warned): rebuilt
+            _publish_adapter(train_dir, stages, adapter_dir)
+        _barrier()
         return adapter_dir
 
     dtype = resolve_dtype(args, use_cpu)
@@ -332,24 +366,23 @@ def train_stages(
         if frozen:
             _check_same_vocabulary(teacher.model, model, args.teacher)
 
-    with _make_progress(is_main) as progress:
+    with _make_progress(is_main) as progress, stop_requests(world == 1) as stop:
         sess = _Session(model, tokenizer, train_dir, args.seed, use_cpu, dtype == torch.bfloat16, world, is_main,
-                        progress, callbacks, teacher, validation)
+                        progress, callbacks, teacher, validation, stop)
         for pos in range(first_open, len(stages)):
+            label = stage_label(stages[pos].index, len(stages))
+            _raise_if_stopped(stop, f"before {label}")
             keep_next = pos + 1 < len(stages) and stage_args[pos + 1].optimizer_state == "keep"
-            carried = _train_stage(sess, stages[pos], stage_args[pos], f"stage {pos + 1}/{len(stages)}",
+            carried = _train_stage(sess, stages[pos], stage_args[pos], label,
                                    resume_from if pos == first_open else None, carried, keep_next,
                                    last=pos == len(stages) - 1, lr_span=spans[pos])
             if is_main:
                 _write_history(train_dir, stages)
 
-    if is_main:
-        last_final = _stage_dir(train_dir, stages[-1].index) / "final"
-        with atomic_dir(adapter_dir) as tmp:
-            for item in last_final.iterdir():
-                if item.is_file() and item.name not in (DONE_FILE, "optimizer.pt"):
-                    shutil.copy2(item, tmp / item.name)
-    _barrier()
+        if is_main:
+            _publish_adapter(train_dir, stages, adapter_dir)
+        _barrier()
+        _raise_if_stopped(stop, "after training")
     return adapter_dir
 
 

@@ -54,6 +54,10 @@ class Task(ABC):
         raise ConfigError(f"task {self.name} has no built-in query generator; "
                           "set new_queries.generate to a hook 'module:function'")
 
+    def split_source(self, split: str) -> str:
+        """Where ``split`` is read from, as a message names it (a custom task names its file)."""
+        return f"task {self.name}'s {split} data"
+
     def prompt(self, query: str, examples: tuple = (), template: Template | None = None) -> Prompt:
         """A prompt for ``query`` with this task's (or the given) template."""
         return Prompt(template=self.template if template is None else template, query=query, examples=examples)

@@ -294,6 +294,9 @@ class CustomTask(Task):
     def has_split(self, split: str) -> bool:
         return split in self.spec.data
 
+    def split_source(self, split: str) -> str:
+        return str(self._path(self.spec.data[split])) if split in self.spec.data else super().split_source(split)
+
     def _check_data_files(self) -> None:
         """A declared split whose file is missing fails when the spec loads, not when (or if) it is read."""
         for split, file in self.spec.data.items():

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..args import LoraArgs, TrainArgs
+from ..checksums import directory_problem, format_problem, has_checksums
 from ..errors import RunDirError
 from ..identity import as_json, describe_differences, identity_view, model_identity
 from ..io import read_json, write_json
@@ -27,6 +28,7 @@ from ..stages import Stage, record_row
 logger = logging.getLogger("promptintern.trainer")  # one logger name for all training messages
 
 DONE_FILE = "DONE.json"
+_RANK_NAME = re.compile(r"rng_state_\d+\.pth")  # not in a checkpoint's checksums: checked by format
 WALL_FILE = "wall_s.json"  # in checkpoints of older versions: the stage's training seconds up to it
 CARRY_KEY = "promptintern_stage"  # our bookkeeping inside a checkpoint's trainer_state.json
 
@@ -74,34 +76,29 @@ def _checkpoint_step(path: Path) -> int:
 def checkpoint_problem(path: Path, world_size: int = 1) -> str | None:
     """Why a stage cannot resume from ``path`` (None: it can).
 
-    Every file a resume reads is checked the way it will be read, short of unpickling:
-    trainer_state.json (written last, so its absence means a save cut short) is parsed, the
-    zip archives ``torch.save`` writes are checked member by member (CRC), the adapter's
-    safetensors header is checked against the file. A checkpoint damaged by a crash or a full
-    disk is found here instead of failing the Trainer's resume with a raw traceback.
+    Every file a resume reads must be there; their checksums (written after the Trainer's save,
+    see :mod:`promptintern.checksums`) must match, or, in a checkpoint of an older version, their
+    formats must check out. trainer_state.json (written last by the Trainer, so its absence means
+    a save cut short) must name the step. A checkpoint damaged by a crash, a full disk or a stray
+    edit is found here instead of failing the Trainer's resume with a raw traceback, or, worse,
+    of training on from wrong weights.
     """
-    try:
-        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "trainer_state.json missing or unreadable (the save was cut short)"
     rng = ["rng_state.pth"] if world_size <= 1 else [f"rng_state_{r}.pth" for r in range(world_size)]
-    for name in ["adapter_model.safetensors", "optimizer.pt", "scheduler.pt", *rng]:
-        f = path / name
-        if not f.is_file():
-            return f"{name} missing"
-        try:
-            if name.endswith(".safetensors"):
-                from safetensors import safe_open
-
-                with safe_open(str(f), "np") as fh:  # checks the header covers the file exactly
-                    fh.keys()
-            else:
-                with zipfile.ZipFile(f) as archive:
-                    bad = archive.testzip()
-                if bad is not None:
-                    return f"{name}: member {bad} is corrupt"
-        except Exception as exc:  # any failure to read it means it cannot be resumed from
-            return f"{name} unreadable ({type(exc).__name__})"
+    for name in ["trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt", *rng]:
+        if not (path / name).is_file():
+            return f"{name} missing" + (" (the save was cut short)" if name == "trainer_state.json" else "")
+    problem = directory_problem(path)
+    if problem is None and has_checksums(path):
+        problem = next(filter(None, (format_problem(path / n) for n in rng if _RANK_NAME.fullmatch(n))), None)
+    if problem is not None:
+        return problem
+    try:
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        step = state["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "trainer_state.json does not hold the step"
+    if not isinstance(step, int) or step != _checkpoint_step(path):
+        return f"trainer_state.json names step {step!r}, not {_checkpoint_step(path)}"
     return None
 
 
@@ -126,6 +123,37 @@ def latest_checkpoint(stage_dir: Path, world_size: int = 1) -> tuple[Path | None
 
 def stage_done(stage_dir: Path) -> bool:
     return (stage_dir / "final" / DONE_FILE).is_file()
+
+
+def stage_label(index: int, n_stages: int) -> str:
+    """How a stage is named to the user, in warnings and progress alike: ``stage 2/3`` for index 1."""
+    return f"stage {index + 1}/{n_stages}"
+
+
+def adapter_problem(adapter_dir: Path) -> str | None:
+    """Why ``run_dir/adapter`` cannot be used (None: it can); see :mod:`promptintern.checksums`."""
+    if not (adapter_dir / "adapter_config.json").is_file():
+        return "adapter_config.json missing"
+    return directory_problem(adapter_dir)
+
+
+def _damaged_finals(stages: Sequence[Stage], train_dir: Path, adapter_dir: Path,
+                    first_open: int) -> list[tuple[int, str]]:
+    """(position, problem) of the done stages whose final/ a resume would read but cannot trust,
+    newest first: the last done stage's (its adapter starts the next stage, or is copied to
+    adapter/), then the one before it if that one is damaged too, and so on."""
+    if first_open == len(stages) and adapter_dir.is_dir():
+        problem = adapter_problem(adapter_dir)
+        if problem is None:
+            return []
+        logger.warning("%s: %s; rebuilding it from the last stage's final/", adapter_dir, problem)
+    out = []
+    for pos in range(first_open - 1, -1, -1):
+        problem = directory_problem(_stage_dir(train_dir, stages[pos].index) / "final")
+        if problem is None:
+            break
+        out.append((pos, problem))
+    return out
 
 
 def _check_run_dir(train_dir: Path, adapter_dir: Path, record: dict, resume: bool, force: bool) -> None:
@@ -183,6 +211,8 @@ def _prepare_run_dir(
     fresh = force or not resume
     done = [not fresh and stage_done(_stage_dir(train_dir, s.index)) for s in stages]
     first_open = next((i for i, d in enumerate(done) if not d), len(stages))
+    damaged = [] if fresh else _damaged_finals(stages, train_dir, adapter_dir, first_open)
+    first_open -= len(damaged)
     resume_from, unusable, leftovers = None, [], []
     if first_open < len(stages) and not fresh:
         open_dir = _stage_dir(train_dir, stages[first_open].index)
@@ -193,11 +223,20 @@ def _prepare_run_dir(
         if force:
             shutil.rmtree(train_dir, ignore_errors=True)
             shutil.rmtree(adapter_dir, ignore_errors=True)
+        for pos, problem in damaged:
+            logger.warning("%s: final/ %s; training the stage again", stage_label(stages[pos].index, len(stages)),
+                           problem)
+        if damaged:  # the damaged stage's final/ and every later stage's work go: they build on it
+            for s in stages[first_open:]:
+                shutil.rmtree(_stage_dir(train_dir, s.index) / "final", ignore_errors=True)
+            for s in stages[first_open + 1:]:
+                shutil.rmtree(_stage_dir(train_dir, s.index), ignore_errors=True)
         if unusable:
             index = stages[first_open].index
             then = f"resuming from {resume_from.name}" if resume_from else "restarting the stage"
             for path, problem in unusable:
-                logger.warning("stage %d: %s cannot be resumed from (%s); %s", index, path.name, problem, then)
+                logger.warning("%s: %s cannot be resumed from (%s); %s", stage_label(index, len(stages)), path.name,
+                               problem, then)
         for path in [p for p, _ in unusable] + leftovers:
             shutil.rmtree(path, ignore_errors=True)
         write_json(train_dir / "config.json", record)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..args import KL_LOSSES, LOSSES, LoraArgs, TrainArgs
+from ..checksums import write_checkpoint_checksums
 from ..distill import Teacher, distill_loss
 from ..errors import ConfigError
 from ..progress import progress_bar
@@ -102,6 +103,8 @@ def _make_trainer_class() -> type:
                 "batch_tokens": [[b.rows, b.width, b.real, b.prefix] for b in self.batch_tokens],
             }
             super()._save_checkpoint(model, trial)
+            if self.args.should_save:  # after every file the main process wrote; a resume verifies them
+                write_checkpoint_checksums(Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}")
 
         def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
             if self.lr_span is None or self.lr_scheduler is not None:
