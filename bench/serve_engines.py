@@ -21,9 +21,7 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,27 +41,12 @@ KEY = "bench-key"
 
 @contextlib.contextmanager
 def served(path: Path, engine: str, max_tokens: int, log_path: Path) -> Iterator[tuple[str, int]]:
-    from promptintern.serve import free_loopback_port, is_healthy
+    from promptintern.serve import serve_command
 
-    port = free_loopback_port()
-    cmd = [sys.executable, "-m", "promptintern.cli", "--threads", "1", "serve", str(path), "--engine", engine,
-           "--port", str(port), "--api-key", KEY, "--max-tokens", str(max_tokens), "--device", "cpu"]
-    with open(log_path, "a") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 600
-        while not is_healthy(f"http://127.0.0.1:{port}/health"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{engine} server did not start; see {log_path}")
-            time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}/v1", proc.pid
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    args = ["--threads", "1", "serve", str(path), "--engine", engine, "--api-key", KEY,
+            "--max-tokens", str(max_tokens), "--device", "cpu"]
+    with serve_command(args, log_path, start_timeout_s=600, stop_timeout_s=60) as (proc, url):
+        yield url, proc.pid
 
 
 def load(url: str, pid: int, queries: list[str], max_tokens: int, clients: int) -> dict[str, Any]:

@@ -40,9 +40,7 @@ import json
 import logging
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -80,30 +78,15 @@ def build_requests(run_dir: Path, n: int) -> tuple[str, list[list[dict[str, str]
 @contextlib.contextmanager
 def server(run_dir: Path, threads: int, log_path: Path, max_tokens: int) -> Iterator[tuple[str, float, int]]:
     """``promptintern serve run_dir`` on a free loopback port; yields (base URL, start seconds, pid)."""
-    from promptintern.serve import free_loopback_port, is_healthy
+    from promptintern.serve import serve_command
 
-    port = free_loopback_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "promptintern.cli", "--threads", str(threads), "serve", str(run_dir),
-           "--port", str(port), "--max-tokens", str(max_tokens)]  # the server's cap must not cut the forced length
+    args = ["--threads", str(threads), "serve", str(run_dir),
+            "--max-tokens", str(max_tokens)]  # the server's cap must not cut the forced length
     t0 = time.perf_counter()
-    with open(log_path, "a") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        while not is_healthy(f"http://127.0.0.1:{port}/health"):
-            if proc.poll() is not None or time.perf_counter() - t0 > START_TIMEOUT_S:
-                raise RuntimeError(f"server for {run_dir} did not start (exit {proc.poll()}); see {log_path}")
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v1", time.perf_counter() - t0, proc.pid
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.info("server stopped (exit %s)", proc.returncode)
+    with serve_command(args, log_path, env=env, start_timeout_s=START_TIMEOUT_S, stop_timeout_s=60) as (proc, url):
+        yield url, time.perf_counter() - t0, proc.pid
+    log.info("server stopped (exit %s)", proc.returncode)
 
 
 def _one(client: Any, model: str, messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:

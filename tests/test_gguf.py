@@ -21,7 +21,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +30,7 @@ import pytest
 from promptintern.cli import main
 from promptintern.io import read_jsonl
 from promptintern.models import resolve_model_path
-from promptintern.serve import free_loopback_port, is_healthy
+from promptintern.serve import free_loopback_port, serve_command
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_fixtures import tiny_run_config, write_config  # noqa: E402
@@ -118,26 +117,12 @@ def test_llama_cpp_renders_and_tokenizes_like_infer_and_answers_the_same(gguf_ru
 
 @contextlib.contextmanager
 def llama_server(target: Path, log: Path, *extra: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    port = free_loopback_port()
-    cmd = [sys.executable, "-m", "promptintern.cli", "--threads", "1", "serve", str(target), "--engine", "llama.cpp",
-           "--port", str(port), *extra]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PROMPTINTERN_API_KEY": ""})
+    args = ["--threads", "1", "serve", str(target), "--engine", "llama.cpp", *extra]
     try:
-        deadline = time.monotonic() + 120
-        while not is_healthy(f"http://127.0.0.1:{port}/health"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not come up (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield proc, f"http://127.0.0.1:{port}/v1"
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        with serve_command(args, log, env={**os.environ, "PROMPTINTERN_API_KEY": ""}) as running:
+            yield running
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @needs_llama_cpp

@@ -25,7 +25,7 @@ from promptintern.errors import RunDirError
 from promptintern.exporter import export
 from promptintern.io import read_jsonl
 from promptintern.models import MARKER, resolve_model_path
-from promptintern.serve import free_loopback_port, is_healthy
+from promptintern.serve import free_loopback_port, is_healthy, serve_command
 
 pytest.importorskip("openai")
 pytest.importorskip("fastapi")
@@ -61,26 +61,13 @@ def sql_run(tmp_path_factory) -> Path:
 @contextlib.contextmanager
 def running_server(target: Path, cache: Path, log: Path, *extra: str) -> Iterator[tuple[subprocess.Popen, str]]:
     """``promptintern serve target`` on a free loopback port; yields (process, base URL); always stopped."""
-    port = free_loopback_port()
     env = {**os.environ, "PROMPTINTERN_CACHE": str(cache), "OMP_NUM_THREADS": "4", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "promptintern.cli", "--threads", "1", "serve", str(target), "--port", str(port), *extra]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not is_healthy(f"http://127.0.0.1:{port}/health"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not come up (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield proc, f"http://127.0.0.1:{port}/v1"
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        with serve_command(["--threads", "1", "serve", str(target), *extra], log, env=env,
+                           start_timeout_s=START_TIMEOUT_S, stop_timeout_s=STOP_TIMEOUT_S) as running:
+            yield running
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 def test_served_raw_queries_answer_like_infer(sql_run, tmp_path, monkeypatch):

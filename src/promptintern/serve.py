@@ -36,6 +36,7 @@ cannot keep the server alive.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -46,6 +47,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +175,48 @@ def is_healthy(url: str) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def serve_command(
+    args: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None,
+    start_timeout_s: float = 120.0, stop_timeout_s: float = 30.0,
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``promptintern serve ARGS`` on a free loopback port, for tests and benchmarks; always stopped.
+
+    Yields (process, base URL) once the command has printed its ``ready:`` line — the supervisor
+    prints it after ``/health`` answers, so a caller that polled ``/health`` itself could still race
+    it. A server that exits or is not ready in ``start_timeout_s`` is a RuntimeError with the log's
+    tail. On the way out: SIGTERM, then SIGKILL after ``stop_timeout_s``.
+    """
+    port = free_loopback_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    cmd = [sys.executable, "-m", "promptintern.cli", *args, "--port", str(port)]
+    with open(log_path, "a") as out:
+        start = out.tell()  # a log shared by several servers: only this one's lines count
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def said() -> str:
+        with open(log_path, "rb") as fh:
+            fh.seek(start)
+            return fh.read().decode(errors="replace")
+
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while f"ready: {url}" not in said():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = said()[-3000:]
+                raise RuntimeError(f"server did not come up (exit {proc.poll()}):\n{tail}")
+            time.sleep(0.2)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def is_loopback(host: str) -> bool:
