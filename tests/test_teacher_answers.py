@@ -167,7 +167,8 @@ def test_cli_teacher_labels_new_queries_and_a_kl_student_trains_on_them(tiny_mod
     labelled = tmp_path / "teacher-answers.jsonl"
     assert main(["label", "--teacher", str(tmp_path / "teacher"), "--queries", str(queries), "--out", str(labelled),
                  "--check", "acceptall:ok", "--max-new-tokens", "4"]) == 0
-    assert "teacher answered 6" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "teacher answered 6" in said
     rows = [json.loads(x) for x in labelled.read_text().splitlines()]
     if not rows:  # a random model never ends an answer itself: keep its raw answers, as label would
         raw = [json.loads(x) for x in Path(f"{labelled}.teacher.jsonl").read_text().splitlines()]
