@@ -178,7 +178,8 @@ def test_cli_teacher_labels_new_queries_and_a_kl_student_trains_on_them(tiny_mod
         _write_rows(labelled, rows)
     student = tiny_run_config(tmp_path / "student", baselines=[],
                               train={"max_steps_per_stage": 2, "per_device_batch_size": 2, "save_steps": 1,
-                                     "logging_steps": 1, "loss": "kl", "teacher": str(tmp_path / "teacher" / "adapter")})
+                                     "logging_steps": 1, "loss": "kl", "teacher": str(tmp_path / "teacher" / "adapter"),
+                                     "teacher_cache": True})
     student["data"] = {"train_size": 8, "teacher_answers": str(labelled)}
     assert main(["run", str(write_config(tmp_path / "student.yaml", student))]) == 0
     stage_rows = [json.loads(x) for x in (tmp_path / "student" / "stages" / "stage-1.jsonl").read_text().splitlines()]
