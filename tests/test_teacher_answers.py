@@ -190,3 +190,13 @@ def test_cli_teacher_labels_new_queries_and_a_kl_student_trains_on_them(tiny_mod
     assert len(stage0) == 8 and not {row["id"] for row in rows} & set(stage0)
     metrics = json.loads((tmp_path / "student" / "metrics.json").read_text())
     assert metrics["n_teacher_answers"] == len(rows) and metrics["schedule"][1]["n"] == 8 + len(rows)
+
+
+def test_compare_refuses_teacher_answers_rather_than_mis_budget_them(tmp_path):
+    from promptintern.compare.plan import Plan, load_compare_config
+    from test_compare import _config
+
+    teacher = _write_rows(tmp_path / "teacher.jsonl", TEACHER_ROWS)
+    run_raw, args = load_compare_config(str(_config(tmp_path)), [f"data.teacher_answers={teacher}"])
+    with pytest.raises(ConfigError, match="compare has no teacher-data methods yet"):
+        Plan(run_raw, args, tmp_path / "out")
