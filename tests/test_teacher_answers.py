@@ -169,18 +169,20 @@ def test_cli_teacher_labels_new_queries_and_a_kl_student_trains_on_them(tiny_mod
                  "--check", "acceptall:ok", "--max-new-tokens", "4"]) == 0
     said = capsys.readouterr().out
     assert "teacher answered 6" in said
-    rows = [json.loads(x) for x in labelled.read_text().splitlines()]
-    if not rows:  # a random model never ends an answer itself: keep its raw answers, as label would
-        raw = [json.loads(x) for x in Path(f"{labelled}.teacher.jsonl").read_text().splitlines()]
-        text = {q["id"]: q["query"] for q in map(json.loads, queries.read_text().splitlines())}
-        rows = [{"id": r["id"], "query": text[r["id"]], "answer": r["prediction"].strip() or "SELECT 1;",
-                 "source": "teacher"} for r in raw]
-        _write_rows(labelled, rows)
+    assert labelled.is_file()
+    # A random model never ends an answer by itself, so label's length check rejects every answer
+    # (kept 0): the student's file is made of the teacher's own raw answers from label's cache, in
+    # label's row format, as label would have kept them had they ended.
+    raw = [json.loads(x) for x in Path(f"{labelled}.teacher.jsonl").read_text().splitlines()]
+    text = {q["id"]: q["query"] for q in map(json.loads, queries.read_text().splitlines())}
+    rows = [{"id": r["id"], "query": text[r["id"]], "answer": r["prediction"].strip() or "SELECT 1;",
+             "source": "teacher"} for r in raw]
+    answers = _write_rows(tmp_path / "student-rows.jsonl", rows)
     student = tiny_run_config(tmp_path / "student", baselines=[],
                               train={"max_steps_per_stage": 2, "per_device_batch_size": 2, "save_steps": 1,
                                      "logging_steps": 1, "loss": "kl", "teacher": str(tmp_path / "teacher" / "adapter"),
                                      "teacher_cache": True})
-    student["data"] = {"train_size": 8, "teacher_answers": str(labelled)}
+    student["data"] = {"train_size": 8, "teacher_answers": str(answers)}
     assert main(["run", str(write_config(tmp_path / "student.yaml", student))]) == 0
     stage_rows = [json.loads(x) for x in (tmp_path / "student" / "stages" / "stage-1.jsonl").read_text().splitlines()]
     taught = [r for r in stage_rows if r["id"] in {row["id"] for row in rows}]
@@ -190,6 +192,8 @@ def test_cli_teacher_labels_new_queries_and_a_kl_student_trains_on_them(tiny_mod
     assert len(stage0) == 8 and not {row["id"] for row in rows} & set(stage0)
     metrics = json.loads((tmp_path / "student" / "metrics.json").read_text())
     assert metrics["n_teacher_answers"] == len(rows) and metrics["schedule"][1]["n"] == 8 + len(rows)
+    last = json.loads((tmp_path / "student" / "train" / "history.json").read_text())["stages"][1]
+    assert last["n_records"] == 8 + len(rows) and "kl" in last["log_history"][0]  # trained by KL to the teacher
 
 
 def test_compare_refuses_teacher_answers_rather_than_mis_budget_them(tmp_path):
