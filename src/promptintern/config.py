@@ -22,6 +22,7 @@ from .methods import METHOD_NAMES, plan
 from .retrieve import RetrieveConfig
 from .schedule import Schedule
 from .stages import STAGE_MODES
+from .teacher_answers import TEACHER_STAGES
 
 BASELINES = ("base-full", "base-query")
 
@@ -34,12 +35,22 @@ class DataArgs:
     test_size: int | None = field(default=None, metadata={"help": "Evaluate on the first N test instances; null = the whole test split."})
     stage_mode: str = field(default="revisit", metadata={"help": "'revisit': every stage sees all training instances (the paper); 'slice': disjoint slices per stage (same total work as one pass).", "choices": STAGE_MODES})
     seed: int = field(default=0, metadata={"help": "Seed of the training sample and of the stage slices."})
+    teacher_answers: str | None = field(default=None, metadata={"help": "JSONL written by 'promptintern label' ({'id', 'query', 'answer', ...} a line): new queries answered by a teacher that saw the full prompt, trained on as extra records of the stages teacher_stages names (each in the stage's own prompt, the answer as the teacher wrote it). Never retrieved as examples, never validated on; a query equal to a validation or test query is refused. Its content is part of the run: a changed file is refused on --resume. null = none."})
+    teacher_stages: str = field(default="last", metadata={"help": "Stages that train on teacher_answers: 'last' = the final stage only (query alone for promptintern), 'all' = every stage.", "choices": TEACHER_STAGES})
 
     def validate(self) -> None:
         for name in ("train_size", "test_size"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"data.{name} must be >= 1 or null, got {v}")
+        if self.teacher_stages not in TEACHER_STAGES:
+            raise ConfigError(f"data.teacher_stages: {self.teacher_stages!r} is not one of {', '.join(TEACHER_STAGES)}")
+        if self.teacher_answers is not None and not str(self.teacher_answers).strip():
+            raise ConfigError("data.teacher_answers must be a file path or null, got an empty string")
+
+    def identity_skip(self) -> tuple[str, ...]:
+        """The teacher fields when no teacher answers are used (so runs made before they existed resume)."""
+        return () if self.teacher_answers else ("teacher_answers", "teacher_stages")
 
 
 @dataclass

@@ -34,6 +34,7 @@ from .schedule import StagePoint
 from .stages import Stage, build_prompt, build_stages, load_stages, save_stages, validation_builder
 from .tasks import get_task
 from .tasks.base import Instance, Task
+from .teacher_answers import add_teacher_records, load_teacher_rows, teacher_input, teacher_neighbours
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Prepared:
     templates: Templates
     stages: list[Stage]
     validation: list[Instance] = field(default_factory=list)
+    teacher: list[Instance] = field(default_factory=list)  # data.teacher_answers rows (never in the pool)
 
 
 def open_run_dir(cfg: RunConfig, resume: bool, force: bool, inputs: dict[str, Any] | None = None) -> Path:
@@ -172,6 +174,7 @@ class Checked:
     test: list[Instance]
     plan: MethodPlan
     validation: list[Instance] = field(default_factory=list)
+    teacher: list[Instance] = field(default_factory=list)
 
 
 def load_validation(cfg: RunConfig, task: Task, p: MethodPlan) -> list[Instance]:
@@ -203,7 +206,8 @@ def check(cfg: RunConfig) -> Checked:
         from .trainer import check_passthrough
 
         check_passthrough(cfg.train, cfg.lora)  # train.extra / lora.extra, checked by transformers and peft
-    return Checked(task, train, test, p, load_validation(cfg, task, p))
+    teacher = load_teacher_rows(cfg.data.teacher_answers, task, train, cfg.data_dir)  # refused before any write
+    return Checked(task, train, test, p, load_validation(cfg, task, p), teacher)
 
 
 def prepare(cfg: RunConfig, run_dir: Path | None = None, checked: Checked | None = None) -> Prepared:
@@ -211,8 +215,8 @@ def prepare(cfg: RunConfig, run_dir: Path | None = None, checked: Checked | None
     c = checked or check(cfg)
     retriever = build_retriever(cfg, c.train, run_dir) if _k_max(cfg, c.plan) > 0 else None
     templates = Templates(c.task, cfg)
-    stages = _stages(cfg, c.task, c.train, c.plan, retriever, templates, run_dir)
-    return Prepared(cfg, c.task, c.train, c.test, c.plan, retriever, templates, stages, c.validation)
+    stages = _stages(cfg, c.task, c.train, c.plan, retriever, templates, run_dir, c.teacher)
+    return Prepared(cfg, c.task, c.train, c.test, c.plan, retriever, templates, stages, c.validation, c.teacher)
 
 
 def _teacher_point(cfg: RunConfig) -> StagePoint | None:
@@ -230,7 +234,7 @@ def _teacher_k(cfg: RunConfig) -> list[int]:
     return [point.k] if point is not None else []
 
 
-def _stages(cfg, task, train, p, retriever, templates, run_dir) -> list[Stage]:
+def _stages(cfg, task, train, p, retriever, templates, run_dir, teacher=()) -> list[Stage]:
     stage_dir = run_dir / "stages" if run_dir else None
     if stage_dir is not None and (stage_dir / "fingerprints.json").is_file():
         loaded = load_stages(stage_dir, len(p.points), read_json(stage_dir / "fingerprints.json"))
@@ -244,6 +248,8 @@ def _stages(cfg, task, train, p, retriever, templates, run_dir) -> list[Stage]:
         neighbours = retrieve_all(retriever, train, k_train, same_pool=True)
     stages = build_stages(task, train, p.points, templates.at, neighbours, cfg.data.stage_mode, cfg.data.seed,
                           teacher_point=_teacher_point(cfg))
+    stages = add_teacher_records(stages, task, teacher, cfg.data.teacher_stages, templates.at,
+                                 teacher_neighbours(retriever, teacher, k_train), _teacher_point(cfg))
     if stage_dir is not None:
         prints = save_stages(stages, stage_dir)
         write_json(stage_dir / "fingerprints.json", prints)  # written last: marks the set complete
@@ -293,7 +299,8 @@ def opened(cfg: RunConfig, resume: bool, force: bool) -> Iterator[tuple[Prepared
     with locked_new_or_existing(Path(cfg.output_dir)):  # held to the end: a second run is refused
         checked = check(cfg)
         splits = {"train": checked.train, "test": checked.test, "validation": checked.validation}
-        run_dir = open_run_dir(cfg, resume, force, input_digests(checked.task, splits))
+        inputs = {**input_digests(checked.task, splits), **teacher_input(cfg.data.teacher_answers)}
+        run_dir = open_run_dir(cfg, resume, force, inputs)
         prep = prepare(cfg, run_dir, checked)
         if state is not None:
             state.wait_for_everyone()
@@ -386,7 +393,8 @@ def _run(prep: Prepared, run_dir: Path, resume: bool, is_main: bool) -> dict[str
         results[name] = {"tau": tau, "k": k, "trained": uses_adapter, **stats, **scored}
     metrics = {"task": prep.task.name, "metric": prep.task.metric, "model": cfg.model, "method": cfg.method,
                "schedule": [{"stage": s.index, "tau": s.tau, "k": s.k, "n": len(s.records)} for s in prep.stages],
-               "n_train": len(prep.train), "n_test": len(prep.test), "train": train_info, "systems": results}
+               "n_train": len(prep.train), **({"n_teacher_answers": len(prep.teacher)} if prep.teacher else {}),
+               "n_test": len(prep.test), "train": train_info, "systems": results}
     write_json(run_dir / "metrics.json", metrics)
     write_report(metrics, run_dir)
     return metrics

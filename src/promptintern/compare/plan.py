@@ -210,6 +210,9 @@ class Plan:
             if owned:
                 raise ConfigError(f"run.train.stage_overrides.{index}.{owned[0]}: compare sets every stage's steps "
                                   "itself (equal steps for every method); remove it")
+        if self.base.data.teacher_answers:  # budgets count labelled pairs; no method is built for them yet
+            raise ConfigError("run.data.teacher_answers: compare has no teacher-data methods yet; train the "
+                              "student with 'promptintern run' (see docs/new-queries.md)")
         task, train, _ = load_data(self.base)
         if self.args.budget == "converge" and not task.has_split("validation"):
             raise ConfigError(f"compare.budget 'converge' scores a validation sample, and task {task.name} has no "
