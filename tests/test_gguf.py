@@ -40,7 +40,7 @@ QUERIES = ["How many employees are there?", "List every department in Berlin", "
 NEW_TOKENS = 6
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 needs_llama_cpp = pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-python is not installed "
-                                     "(pip install 'promptintern[gguf]'; built from source, ~13 min on 2 cores)")
+                                     "(make install-llama-cpp: built from source, ~13 min on 2 cores)")
 
 
 @pytest.fixture(scope="module")
