@@ -9,7 +9,7 @@ export PROMPTINTERN_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/.),$(SHARED_DATA)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install install-llama-cpp constraints demo test lint docs docs-serve bench-nl2bash bench-mbpp clean
+.PHONY: install install-llama-cpp install-llama-cpp-ci constraints demo test lint docs docs-serve bench-nl2bash bench-mbpp clean
 
 install: $(STAMP)
 
@@ -31,6 +31,15 @@ LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAM
 	-DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON
 install-llama-cpp: install
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[llama-cpp]"
+
+# CI: the same library unoptimised (-O0, one generic CPU backend, no OpenMP), on one core beside the
+# tests: 4.5 min instead of 13, fast enough for the tiny test model, far too slow for serving. The
+# package alone (not `-e .[llama-cpp]`), so the project's own install is not rewritten under running tests.
+LLAMA_CI_CMAKE_ARGS := $(subst -DGGML_NATIVE=ON,-DGGML_NATIVE=OFF,$(LLAMA_CMAKE_ARGS)) -DGGML_OPENMP=OFF \
+	-DCMAKE_C_FLAGS_RELEASE=-O0 -DCMAKE_CXX_FLAGS_RELEASE=-O0
+install-llama-cpp-ci: install
+	CMAKE_ARGS="$(LLAMA_CI_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=1 $(BIN)/pip install -q -c $(CONSTRAINTS) \
+		"llama-cpp-python[server]==$$(sed -n 's/^llama_cpp_python==//p' $(CONSTRAINTS))"
 
 # After a tested upgrade: pin what the venv holds now.
 constraints:
