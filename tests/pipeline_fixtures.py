@@ -27,6 +27,27 @@ def write_config(path: Path, cfg: dict) -> Path:
     return path
 
 
+def served_tiny_run(tmp: Path, queries: list[str], new_tokens: int, batch_size: int) -> Path:
+    """A 1-step run on a local copy of tiny-random (a directory: a server subprocess needs no alias
+    cache) and its ``infer`` answers to ``queries`` in ``tmp/infer.jsonl``: what serving must match."""
+    import json
+
+    from promptintern.cli import main
+    from promptintern.config import load_config
+    from promptintern.models import resolve_model_path
+    from promptintern.pipeline import train
+
+    base = resolve_model_path("tiny-random")
+    cfg = tiny_run_config(tmp / "run", model=base, compress={"model": base},
+                          train={"max_steps_per_stage": 1, "per_device_batch_size": 2, "use_cpu": True},
+                          infer={"max_new_tokens": new_tokens, "batch_size": batch_size, "progress": False})
+    train(load_config(str(write_config(tmp / "c.yaml", cfg))))
+    (tmp / "q.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "query": q}) + "\n" for i, q in enumerate(queries)))
+    assert main(["--threads", "1", "infer", "--run", str(tmp / "run"), "--input", str(tmp / "q.jsonl"),
+                 "--output", str(tmp / "infer.jsonl")]) == 0
+    return tmp / "run"
+
+
 VOLATILE = {"latency_s", "latency_s_mean", "throughput_qps", "wall_s", "generated", "resumed", "wall_s_this_session",
             "train_wall_s", "s_per_step", "train_runtime", "train_samples_per_second", "train_steps_per_second",
             "resumed_from", "wall_s_before_resume", "teacher_wall_s", "peak_rss_mb", "validation_wall_s",

@@ -33,7 +33,7 @@ from promptintern.models import resolve_model_path
 from promptintern.serve import free_loopback_port, serve_command
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pipeline_fixtures import tiny_run_config, write_config  # noqa: E402
+from pipeline_fixtures import served_tiny_run  # noqa: E402
 
 QUERIES = ["How many employees are there?", "List every department in Berlin", "Which projects have no staff?",
            'Names with "quotes" and {{ braces }} in ~/über']
@@ -46,9 +46,7 @@ needs_llama_cpp = pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-python
 @pytest.fixture(scope="module")
 def gguf_run(tmp_path_factory) -> Path:
     """A tiny trained run (SQL task), its infer answers, and its f16 GGUF export."""
-    from promptintern.config import load_config
     from promptintern.gguf_export import ConverterMissing, find_converter
-    from promptintern.pipeline import train
 
     if importlib.util.find_spec("sentencepiece") is None:
         pytest.skip("sentencepiece is not installed (llama.cpp's converter needs it: pip install 'promptintern[gguf]')")
@@ -57,14 +55,7 @@ def gguf_run(tmp_path_factory) -> Path:
     except ConverterMissing as exc:
         pytest.skip(f"llama.cpp's converter is unavailable: {exc}")
     tmp = tmp_path_factory.mktemp("gguf")
-    base = resolve_model_path("tiny-random")
-    cfg = tiny_run_config(tmp / "run", model=base, compress={"model": base},
-                          train={"max_steps_per_stage": 1, "per_device_batch_size": 2, "use_cpu": True},
-                          infer={"max_new_tokens": NEW_TOKENS, "batch_size": 1, "progress": False})
-    train(load_config(str(write_config(tmp / "c.yaml", cfg))))
-    (tmp / "q.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "query": q}) + "\n" for i, q in enumerate(QUERIES)))
-    assert main(["--threads", "1", "infer", "--run", str(tmp / "run"), "--input", str(tmp / "q.jsonl"),
-                 "--output", str(tmp / "infer.jsonl")]) == 0
+    served_tiny_run(tmp, QUERIES, NEW_TOKENS, batch_size=1)
     assert main(["--threads", "1", "export", "--run", str(tmp / "run"), "--out", str(tmp / "gguf"),
                  "--format", "gguf", "--quant", "f16"]) == 0
     return tmp

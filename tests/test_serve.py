@@ -8,7 +8,6 @@ on one CPU thread, mostly imports (torch, transformers, FastAPI); it is always s
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -20,18 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from promptintern.cli import main
 from promptintern.errors import RunDirError
 from promptintern.exporter import export
 from promptintern.io import read_jsonl
-from promptintern.models import MARKER, resolve_model_path
+from promptintern.models import MARKER
 from promptintern.serve import free_loopback_port, is_healthy, serve_command
 
 pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pipeline_fixtures import tiny_run_config, write_config  # noqa: E402
+from pipeline_fixtures import served_tiny_run  # noqa: E402
 
 QUERIES = ["How many employees are there?", "List every department in Berlin", "Which projects have no staff?"]
 NEW_TOKENS = 6
@@ -43,19 +41,7 @@ STOP_TIMEOUT_S = 30
 @pytest.fixture(scope="module")
 def sql_run(tmp_path_factory) -> Path:
     """A tiny promptintern run (SQL task) on a local copy of tiny-random, plus its infer answers."""
-    from promptintern.config import load_config
-    from promptintern.pipeline import train
-
-    tmp = tmp_path_factory.mktemp("serve")
-    base = resolve_model_path("tiny-random")  # a directory: the server subprocess needs no alias cache
-    cfg = tiny_run_config(tmp / "run", model=base, compress={"model": base},
-                          train={"max_steps_per_stage": 1, "per_device_batch_size": 2, "use_cpu": True},
-                          infer={"max_new_tokens": NEW_TOKENS, "batch_size": 2, "progress": False})
-    train(load_config(str(write_config(tmp / "c.yaml", cfg))))
-    (tmp / "q.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "query": q}) + "\n" for i, q in enumerate(QUERIES)))
-    assert main(["--threads", "1", "infer", "--run", str(tmp / "run"), "--input", str(tmp / "q.jsonl"),
-                 "--output", str(tmp / "infer.jsonl")]) == 0
-    return tmp / "run"
+    return served_tiny_run(tmp_path_factory.mktemp("serve"), QUERIES, NEW_TOKENS, batch_size=2)
 
 
 @contextlib.contextmanager
