@@ -9,3 +9,6 @@ echo "== $(date -u) full-prompt, then promptintern (stage 0 reused), seed 0"
 nice -n 5 .venv/bin/promptintern --threads 1 compare bench/compare/geoquery-query-converge.yaml --passes runs \
   --methods full-prompt,promptintern --seeds 1 --out $O
 echo "== $(date -u) done"
+# Later in the same session (2 threads, nothing else running): the question split's query-only FT, seed 0
+# nice -n 5 .venv/bin/promptintern --threads 2 compare bench/compare/geoquery-question-converge.yaml --passes runs \
+#   --methods query-only --seeds 1 --out bench/results/compare-geoquery-question-converge
