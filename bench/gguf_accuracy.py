@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         if rows and {"id", "prediction"} <= set(rows[0]) and {r["id"] for r in rows} == {q for q, _ in queries} \
                 and cfg.method in path.name:
             hf_preds = {r["id"]: r["prediction"] for r in rows}
-    doc: dict[str, Any] = {"run": str(args.run), "method": cfg.method, "task": cfg.task, "n_test": len(queries),
+    doc: dict[str, Any] = {"run": args.run.name,  # the folder's name: its path is this machine's
+                            "method": cfg.method, "task": cfg.task, "n_test": len(queries),
                            "max_tokens": cap, "metric": metrics.get("metric"),
                            "hf fp32": {"metrics": system["metrics"], "ci95": system.get("ci95"),
                                        "source": "the run's metrics.json"}, "quants": {}}
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "gguf_bytes": gguf.stat().st_size}
             log.info("%s: %s; identical answers %s/%d", quant, scored["metrics"], same, len(rows))
     target.write_text(json.dumps(doc, indent=2) + "\n")
-    log.info("wrote %s", target)
+    log.info("wrote %s", os.path.relpath(target))
     return 0
 
 

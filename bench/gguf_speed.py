@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             del run
     doc["loadavg_end"] = os.getloadavg()[0]
     target.write_text(json.dumps(doc, indent=2) + "\n")
-    log.info("wrote %s", target)
+    log.info("wrote %s", os.path.relpath(target))
     return 0
 
 

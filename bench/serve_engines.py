@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                     log.info("%s | %d client(s): %s", label, clients, json.dumps(r))
     target.write_text(json.dumps(doc, indent=2) + "\n")
     bad = sum(r["errors"] for r in doc["results"].values())
-    log.info("wrote %s (%d errors)", target, bad)
+    log.info("wrote %s (%d errors)", os.path.relpath(target), bad)
     return 1 if bad else 0
 
 

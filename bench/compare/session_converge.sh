@@ -1,6 +1,6 @@
 #!/bin/bash
-cd /work/main
-export PROMPTINTERN_DATA_DIR=/work/shared/data HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
+cd "$(dirname "$0")/../.."
+export PROMPTINTERN_DATA_DIR="${PROMPTINTERN_DATA_DIR:-$(cd .. && pwd)/shared/data}" HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 O=bench/results/compare-geoquery-query-converge
 echo "== $(date -u) query-only, seeds 0-1, commit $(git rev-parse --short HEAD)"
 nice -n 5 .venv/bin/promptintern --threads 1 compare bench/compare/geoquery-query-converge.yaml --passes runs \

@@ -1,10 +1,12 @@
 """Greedy generation for evaluation: batched, prefix-cached, metered and resumable.
 
+This module stays whole at a little over 450 lines on purpose: batching, prefix caching and the
+resumable output share one decoder and one bookkeeping of tokens and latency, which a split would
+duplicate.
+
 Prompts are chat messages without the assistant turn; they are rendered with the tokenizer's
 chat template (:func:`promptintern.prompt.chat_prompt_text`) and tokenized without extra
 special tokens, exactly as in training, so the served prompt is the trained prompt.
-It stays whole at a little over 450 lines: batching, prefix caching and the resumable output
-share one decoder and one bookkeeping of tokens and latency, which a split would duplicate.
 
 Choices:
 

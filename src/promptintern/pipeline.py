@@ -1,5 +1,9 @@
 """The end-to-end run: prepare → train (staged) → infer → evaluate → report.
 
+This module stays whole at a little over 450 lines on purpose: it is the one place a reader follows
+a run from config to report; each step's work lives in its own module (stages, trainer, inference,
+evaluate, report, run guard, teacher answers), and only the order and the resume rules are here.
+
 Run directory (everything written atomically; each step is skipped on ``--resume`` when its
 output exists):
 
@@ -10,10 +14,6 @@ output exists):
     run_dir/train/...           checkpoints (see promptintern.trainer); run_dir/adapter/ the result
     run_dir/predictions/<name>.jsonl  predictions of each served system
     run_dir/metrics.json, report.md, plots/*.png
-
-It stays one module at a little over 450 lines on purpose: it is the one place a reader follows a
-run from config to report; each step's work lives in its own module (stages, trainer, inference,
-evaluate, report, run guard, teacher answers) and only the order and the resume rules are here.
 """
 
 from __future__ import annotations
