@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from serve_load import results_target  # noqa: E402
+
 log = logging.getLogger("gguf_speed")
 
 
@@ -126,12 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gguf-speed")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
-    target = args.out / "gguf_speed.json"
-    if target.exists() and not args.overwrite:
-        p.error(f"{target} exists; pass --out for another directory or --overwrite")
-    args.out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        handlers=[logging.StreamHandler(), logging.FileHandler(args.out / "gguf_speed.log", mode="w")])
+    target = results_target(p, args.out, "gguf_speed", args.overwrite)
     from transformers import AutoTokenizer
 
     from promptintern.gguf_export import convert

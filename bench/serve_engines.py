@@ -33,7 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from serve_load import _percentile, cpu_seconds  # noqa: E402
+from serve_load import _percentile, cpu_seconds, results_target  # noqa: E402
 
 log = logging.getLogger("serve_engines")
 KEY = "bench-key"
@@ -90,14 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve-engines")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
-    target = args.out / "serve_engines.json"
-    if target.exists() and not args.overwrite:
-        p.error(f"{target} exists; pass --out for another directory or --overwrite")
-    args.out.mkdir(parents=True, exist_ok=True)
+    target = results_target(p, args.out, "serve_engines", args.overwrite)
     log_path = args.out / "serve_engines.log"
-    log_path.write_text("")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        handlers=[logging.StreamHandler(), logging.FileHandler(log_path)])
     for name in ("httpx", "httpx2", "openai"):
         logging.getLogger(name).setLevel(logging.WARNING)
     from promptintern.gguf_export import convert

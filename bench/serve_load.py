@@ -202,6 +202,20 @@ def machine(threads: int) -> str:
             f"{platform.system()}, torch {torch.__version__} CPU fp32")
 
 
+def results_target(parser: argparse.ArgumentParser, out: Path, name: str, overwrite: bool) -> Path:
+    """``out/<name>.json``, refused (a parser error) when it exists without ``overwrite``; the folder
+    is made and logging goes to the terminal and ``out/<name>.log`` (started afresh)."""
+    target = out / f"{name}.json"
+    if target.exists() and not overwrite:
+        parser.error(f"{target} exists; pass --out for another directory or --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / f"{name}.log"
+    log_path.write_text("")  # then appended to, by us and by any server started with this log
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.StreamHandler(), logging.FileHandler(log_path)])
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--internalized", required=True, type=Path, help="run served with the query alone")
@@ -216,13 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 1 <= args.concurrency <= 64 or args.requests < 1 or args.block < 1:
         p.error("--concurrency must be 1..64, --requests and --block >= 1")
-    if (args.out / "serve_load.json").exists() and not args.overwrite:
-        p.error(f"{args.out / 'serve_load.json'} exists; pass --out for another directory or --overwrite")
-    args.out.mkdir(parents=True, exist_ok=True)
+    results_target(p, args.out, "serve_load", args.overwrite)
     log_path = args.out / "serve_load.log"
-    log_path.write_text("")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        handlers=[logging.StreamHandler(), logging.FileHandler(log_path)])
     from promptintern.cli import quiet_libraries
 
     quiet_libraries()
