@@ -107,14 +107,11 @@ def held_out_train(train: Sequence[Instance], labelled: Sequence[Instance], n: i
     return [NewQuery(i.id, i.query, "from_train") for i in random.Random(seed).sample(pool, n)]
 
 
-def load_hook(ref: str) -> Callable[..., Any]:
-    """The generator named by ``module:function`` (import problems are one line)."""
+def load_hook(ref: str, source: str = "new_queries.generate", kind: str = "generator") -> Callable[..., Any]:
+    """The user's function named by ``module:function`` (import problems are one line)."""
     from .evaluate.metrics import load_metric
 
-    try:
-        return load_metric(ref, source="new_queries.generate")
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace("metric", "generator")) from exc
+    return load_metric(ref, source=source, kind=kind)
 
 
 def generated(
@@ -250,7 +247,7 @@ def sql_check(database: str | os.PathLike[str]) -> AnswerCheck:
 
 def hook_check(ref: str) -> AnswerCheck:
     """A user's ``module:function(query, answer) -> bool`` as a check; its exceptions are one line."""
-    fn = load_hook(ref)
+    fn = load_hook(ref, source="--check", kind="answer check")
 
     def check(query: str, answer: str) -> str | None:
         try:

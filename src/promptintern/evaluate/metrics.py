@@ -52,15 +52,19 @@ def check_metric_name(name: str, source: str) -> None:
     )
 
 
-def load_metric(ref: str, search_dir: str | Path | None = None, source: str = "task spec") -> MetricFn:
-    """The callable named by ``module:function``; import problems are one-line :class:`ConfigError`."""
+def load_metric(ref: str, search_dir: str | Path | None = None, source: str = "task spec",
+                kind: str = "metric") -> MetricFn:
+    """The callable named by ``module:function``; import problems are one-line :class:`ConfigError`.
+
+    ``kind`` names what the user's function is for in those messages (a metric, a query generator…).
+    """
     module_name, _, func_name = ref.partition(":")
-    module = _import(module_name, search_dir, f"{source}: metric {ref!r}")
+    module = _import(module_name, search_dir, f"{source}: {kind} {ref!r}")
     fn = getattr(module, func_name, None)
     if fn is None:
-        raise ConfigError(f"{source}: metric {ref!r}: module {module_name!r} has no attribute {func_name!r}")
+        raise ConfigError(f"{source}: {kind} {ref!r}: module {module_name!r} has no attribute {func_name!r}")
     if not callable(fn):
-        raise ConfigError(f"{source}: metric {ref!r}: {func_name!r} is a {type(fn).__name__}, not a function")
+        raise ConfigError(f"{source}: {kind} {ref!r}: {func_name!r} is a {type(fn).__name__}, not a function")
     return fn
 
 
