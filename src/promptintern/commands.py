@@ -102,7 +102,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_queries(args: argparse.Namespace) -> int:
-    from .new_queries import NewQueryArgs, collect, write_queries
+    from .new_queries import NewQueryArgs, collect, held_out_splits, write_queries
     from .pipeline import load_data
 
     spec = NewQueryArgs(queries=args.logs, from_train=args.from_train, generate=args.generate,
@@ -112,10 +112,8 @@ def cmd_queries(args: argparse.Namespace) -> int:
         raise DataError("no source of new queries: give --logs, --from-train and/or --generate with --n")
     cfg = _config(args)
     task, labelled, test = load_data(cfg)
-    held_out = {"test": task.load_split("test", cfg.data_dir)}
-    if task.has_split("validation"):
-        held_out["validation"] = task.load_split("validation", cfg.data_dir)
-    found = collect(spec, task, task.load_split("train", cfg.data_dir), labelled, held_out, cfg.data_dir)
+    found = collect(spec, task, task.load_split("train", cfg.data_dir), labelled, held_out_splits(task, cfg.data_dir),
+                    cfg.data_dir)
     target = write_queries(found, args.out, force=args.force)
     for source, c in found.counts.items():
         print(f"{source}: {c['found']} found, {c['duplicates']} duplicates, "

@@ -72,6 +72,15 @@ class NewQuerySet:
     counts: dict[str, dict[str, int]]
 
 
+def held_out_splits(task: Task, data_dir: str | None) -> dict[str, list[Instance]]:
+    """The task's whole test and validation splits: what no new query may equal (not only the
+    run's samples of them: the next run on the same data may score any of them)."""
+    held = {"test": task.load_split("test", data_dir)}
+    if task.has_split("validation"):
+        held["validation"] = task.load_split("validation", data_dir)
+    return held
+
+
 def normalise(text: str) -> str:
     """Case-folded, whitespace-collapsed text without trailing punctuation: what "the same query" means."""
     return " ".join(text.casefold().split()).rstrip(_TRAILING)

@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import DataError
 from .io import iter_jsonl
-from .new_queries import NewQuery, refuse_leakage
+from .new_queries import NewQuery, held_out_splits, refuse_leakage
 from .prompt import Template
 from .stages import Stage, build_stages
 from .tasks.base import Instance, Task
@@ -76,10 +76,7 @@ def load_teacher_rows(path: str | None, task: Task, labelled: Sequence[Instance]
     if not path:
         return []
     rows = read_teacher_answers(path)
-    held_out = {"test": task.load_split("test", data_dir)}
-    if task.has_split("validation"):
-        held_out["validation"] = task.load_split("validation", data_dir)
-    check_teacher_rows(rows, labelled, held_out, f"data.teacher_answers {path}")
+    check_teacher_rows(rows, labelled, held_out_splits(task, data_dir), f"data.teacher_answers {path}")
     return rows
 
 
