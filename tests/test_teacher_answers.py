@@ -102,16 +102,25 @@ def test_leakage_and_labelled_id_collisions_are_refused():
 
 def test_config_fields_validate_and_stay_out_of_the_fingerprint_when_unset():
     assert "teacher_answers" not in RunConfig().identity()["data"]
-    with_file = from_dict(RunConfig, {"data": {"teacher_answers": "t.jsonl"}}, where="config")
+    assert "teacher_rows_loss" not in RunConfig().identity()["train"]
+    with_file = from_dict(RunConfig, {"data": {"teacher_answers": "t.jsonl"}, "train": {"teacher_rows_loss": "ce"}},
+                          where="config")
     assert with_file.identity()["data"]["teacher_stages"] == "last"
+    assert with_file.identity()["train"]["teacher_rows_loss"] == "ce"
     assert with_file.fingerprint() != RunConfig().fingerprint()
     with pytest.raises(ConfigError, match="teacher_stages"):
         DataArgs(teacher_stages="first").validate()
+    # The default learns the teacher's rows by KL to the teacher, which the config must then name.
+    with pytest.raises(ConfigError, match="set train.teacher to its adapter"):
+        from_dict(RunConfig, {"data": {"teacher_answers": "t.jsonl"}}, where="config")
+    with pytest.raises(ConfigError, match="no teacher rows to learn"):
+        from_dict(RunConfig, {"train": {"teacher_rows_loss": "kl"}}, where="config")
 
 
 def _cfg(tmp_path: Path, teacher: Path, train_size: int = 8) -> Path:
     cfg = tiny_run_config(tmp_path / "run", baselines=[])
     cfg["data"] = {"train_size": train_size, "teacher_answers": str(teacher)}
+    cfg.setdefault("train", {})["teacher_rows_loss"] = "ce"
     return write_config(tmp_path / "c.yaml", cfg)
 
 
@@ -201,6 +210,19 @@ def test_compare_refuses_teacher_answers_rather_than_mis_budget_them(tmp_path):
     from test_compare import _config
 
     teacher = _write_rows(tmp_path / "teacher.jsonl", TEACHER_ROWS)
-    run_raw, args = load_compare_config(str(_config(tmp_path)), [f"data.teacher_answers={teacher}"])
-    with pytest.raises(ConfigError, match="compare has no teacher-data methods yet"):
+    run_raw, args = load_compare_config(str(_config(tmp_path)), [f"data.teacher_answers={teacher}", "train.teacher_rows_loss=ce"])
+    with pytest.raises(ConfigError, match="compare labels new queries itself"):
         Plan(run_raw, args, tmp_path / "out")
+
+
+def test_the_mix_keeps_at_most_the_given_teacher_rows_per_labelled_pair():
+    from promptintern.teacher_answers import mix
+
+    rows = [Instance(f"t{i}", f"new {i}", "a") for i in range(10)]
+    assert mix(rows, 3, None, 0) == rows and mix(rows, 3, 4.0, 0) == rows  # all of them fit
+    kept = mix(rows, 3, 2.0, 0)
+    assert len(kept) == 6 and kept == [r for r in rows if r in kept]  # a sample, in the file's order
+    assert kept == mix(rows, 3, 2.0, 0) and kept != mix(rows, 3, 2.0, 1)  # seeded
+    with pytest.raises(ConfigError, match="teacher_rows_per_pair"):
+        DataArgs(teacher_rows_per_pair=0.0).validate()
+    assert "teacher_rows_per_pair" not in RunConfig().identity()["data"]

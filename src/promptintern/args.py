@@ -29,6 +29,7 @@ LR_SPANS = ("stage", "run")
 SHARED_PREFIX_MODES = ("auto", "on", "off")
 KL_LOSSES = ("kl", "ce+kl")
 LOSSES = ("ce", *KL_LOSSES)
+TEACHER_ROW_LOSSES = ("kl", "ce")
 SELF_TEACHER = "self"
 # TrainArgs fields that only matter to the KL losses (left out of fingerprints of ``ce`` runs,
 # so runs made before they existed still resume).
@@ -176,6 +177,7 @@ class TrainArgs:
     kl_topk: int = field(default=64, metadata={"help": "Teacher logits kept per answer token; the KL runs over these tokens plus one bucket for the rest of the vocabulary (a lower bound of the full KL, exact when k >= vocabulary)."})
     teacher: str = field(default=SELF_TEACHER, metadata={"help": "KL teacher: 'self' = the model being trained (current adapter, no dropout, no gradient) with the stage-0 prompt; or a frozen PEFT adapter directory on the same base model (e.g. a full-prompt run's run_dir/adapter) or a merged model directory. With 'self', stage 0 (same prompt, same weights) gets no KL gradient: 'kl' learns nothing there, 'ce+kl' is (1 − λ)·ce there."})
     teacher_cache: bool = field(default=False, metadata={"help": "Cache a frozen teacher's top-k targets per instance in run_dir/train/teacher-cache/, so later stages skip its forward pass (not with teacher 'self': its weights change)."})
+    teacher_rows_loss: str | None = field(default=None, metadata={"help": "How the rows of data.teacher_answers (a teacher's answers to new queries) are learned, whatever train.loss does with the gold pairs: 'kl' = T²·KL to the frozen train.teacher's top-k on the teacher's own answer (the teacher seeing the stage-0 prompt), 'ce' = cross-entropy on the teacher's text. null = 'kl' when data.teacher_answers is set.", "choices": (None, *TEACHER_ROW_LOSSES)})
     save_steps: int = field(default=200, metadata={"help": "Checkpoint period inside a stage, in optimizer steps (resume point after a crash).", "volatile": True})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept per stage (older ones are deleted).", "volatile": True})
     validation_size: int | None = field(default=32, metadata={"help": "Validation records each stage is scored on after it ends (a seeded sample of the task's validation split, each built with the stage's own prompt): the mean answer-token cross-entropy, 'validation_loss' in train/history.json and the report. 0 = off, null = the whole split. Skipped when the task has no validation split. Does not change the weights (may change on resume) unless select_best is on."})
@@ -221,7 +223,10 @@ class TrainArgs:
             raise ConfigError(f"train.lr_span: {self.lr_span!r} is not one of {', '.join(LR_SPANS)}")
         if self.loss not in LOSSES:
             raise ConfigError(f"train.loss: {self.loss!r} is not one of {', '.join(LOSSES)}")
-        if self.loss in KL_LOSSES:
+        if self.teacher_rows_loss not in (None, *TEACHER_ROW_LOSSES):
+            raise ConfigError(f"train.teacher_rows_loss: {self.teacher_rows_loss!r} is not one of "
+                              f"{', '.join(TEACHER_ROW_LOSSES)} or null")
+        if self.uses_teacher():
             self._validate_kl()
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
@@ -282,13 +287,16 @@ class TrainArgs:
         return self.validation_size is None or self.validation_size > 0
 
     def uses_teacher(self) -> bool:
-        return self.loss in KL_LOSSES
+        """Whether any row is learned from a teacher's logits (gold rows by ``loss``, teacher rows by
+        ``teacher_rows_loss``)."""
+        return self.loss in KL_LOSSES or self.teacher_rows_loss == "kl"
 
     def identity_skip(self) -> tuple[str, ...]:
         """Fields left out of this run's identity: the KL fields when no teacher is used, ``dtype``
         ``extra`` and ``lr_span`` at their defaults (so runs made before they existed still resume)."""
         skip = () if self.uses_teacher() else KL_FIELDS
         skip += () if self.extra else ("extra",)
+        skip += () if self.teacher_rows_loss else ("teacher_rows_loss",)
         # The validation set changes the weights only through select_best (then it is part of the run).
         scored = self.select_best or self.early_stopping_patience is not None
         skip += () if scored else ("validation_size", "select_best")

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .args import EvalArgs, InferArgs, LoraArgs, TrainArgs
+from .args import SELF_TEACHER, EvalArgs, InferArgs, LoraArgs, TrainArgs
 from .compress import CompressConfig
 from .configtools import apply_overrides, from_dict, load_yaml, to_dict
 from .errors import ConfigError
@@ -36,6 +36,7 @@ class DataArgs:
     stage_mode: str = field(default="revisit", metadata={"help": "'revisit': every stage sees all training instances (the paper); 'slice': disjoint slices per stage (same total work as one pass).", "choices": STAGE_MODES})
     seed: int = field(default=0, metadata={"help": "Seed of the training sample and of the stage slices."})
     teacher_answers: str | None = field(default=None, metadata={"help": "JSONL written by 'promptintern label' ({'id', 'query', 'answer', ...} a line): new queries answered by a teacher that saw the full prompt, trained on as extra records of the stages teacher_stages names (each in the stage's own prompt, the answer as the teacher wrote it). Never retrieved as examples, never validated on; a query equal to a validation or test query is refused. Its content is part of the run: a changed file is refused on --resume. null = none."})
+    teacher_rows_per_pair: float | None = field(default=None, metadata={"help": "The mix: at most this many teacher_answers rows per labelled pair (a sample seeded by data.seed; 2.0 with 120 pairs keeps 240 rows); null = all of them."})
     teacher_stages: str = field(default="last", metadata={"help": "Stages that train on teacher_answers: 'last' = the final stage only (query alone for promptintern), 'all' = every stage.", "choices": TEACHER_STAGES})
 
     def validate(self) -> None:
@@ -47,10 +48,13 @@ class DataArgs:
             raise ConfigError(f"data.teacher_stages: {self.teacher_stages!r} is not one of {', '.join(TEACHER_STAGES)}")
         if self.teacher_answers is not None and not str(self.teacher_answers).strip():
             raise ConfigError("data.teacher_answers must be a file path or null, got an empty string")
+        if self.teacher_rows_per_pair is not None and not self.teacher_rows_per_pair > 0:
+            raise ConfigError(f"data.teacher_rows_per_pair must be > 0 or null, got {self.teacher_rows_per_pair}")
 
     def identity_skip(self) -> tuple[str, ...]:
         """The teacher fields when no teacher answers are used (so runs made before they existed resume)."""
-        return () if self.teacher_answers else ("teacher_answers", "teacher_stages")
+        unset = () if self.teacher_rows_per_pair is not None else ("teacher_rows_per_pair",)
+        return unset if self.teacher_answers else ("teacher_answers", "teacher_stages", "teacher_rows_per_pair")
 
 
 @dataclass
@@ -81,6 +85,21 @@ class RunConfig:
         if not 0.0 <= self.compressed_tau <= 1.0:
             raise ConfigError(f"compressed_tau must be in [0, 1], got {self.compressed_tau}")
         plan(self.method, self.schedule, self.compressed_tau)  # the schedule must end where the method is served
+        self._validate_teacher_rows()
+
+    def _validate_teacher_rows(self) -> None:
+        """``train.teacher_rows_loss`` goes with ``data.teacher_answers``; its default 'kl' needs a frozen teacher."""
+        if not self.data.teacher_answers:
+            if self.train.teacher_rows_loss is not None:
+                raise ConfigError("train.teacher_rows_loss is set but data.teacher_answers is not: there are no "
+                                  "teacher rows to learn")
+            return
+        if self.train.teacher_rows_loss is None:
+            self.train.teacher_rows_loss = "kl"
+            self.train.validate()
+        if self.train.teacher_rows_loss == "kl" and self.train.teacher == SELF_TEACHER:
+            raise ConfigError("data.teacher_answers are learned by KL to the teacher that wrote them: set "
+                              "train.teacher to its adapter (e.g. TEACHER_RUN/adapter), or train.teacher_rows_loss: ce")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

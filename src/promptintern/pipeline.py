@@ -38,7 +38,7 @@ from .schedule import StagePoint
 from .stages import Stage, build_prompt, build_stages, load_stages, save_stages, validation_builder
 from .tasks import get_task
 from .tasks.base import Instance, Task
-from .teacher_answers import add_teacher_records, load_teacher_rows, teacher_input, teacher_neighbours
+from .teacher_answers import add_teacher_records, load_teacher_rows, mix, teacher_input, teacher_neighbours
 
 
 @dataclass
@@ -211,6 +211,7 @@ def check(cfg: RunConfig) -> Checked:
 
         check_passthrough(cfg.train, cfg.lora)  # train.extra / lora.extra, checked by transformers and peft
     teacher = load_teacher_rows(cfg.data.teacher_answers, task, train, cfg.data_dir)  # refused before any write
+    teacher = mix(teacher, len(train), cfg.data.teacher_rows_per_pair, cfg.data.seed)
     return Checked(task, train, test, p, load_validation(cfg, task, p), teacher)
 
 
@@ -224,8 +225,17 @@ def prepare(cfg: RunConfig, run_dir: Path | None = None, checked: Checked | None
 
 
 def _teacher_point(cfg: RunConfig) -> StagePoint | None:
-    """The prompt a distillation teacher sees (stage 0: template at τ0, K examples); None for plain CE."""
+    """The prompt a distillation teacher sees for the gold pairs (stage 0: template at τ0, K examples);
+    None for plain CE."""
     return StagePoint(0, cfg.schedule.tau0, cfg.schedule.k) if cfg.train.loss != "ce" else None
+
+
+def _teacher_rows_point(cfg: RunConfig) -> StagePoint | None:
+    """The teacher's prompt for the rows of ``data.teacher_answers``: the gold pairs' one, or stage 0
+    when only those rows are learned by KL."""
+    if cfg.train.teacher_rows_loss == "kl":
+        return StagePoint(0, cfg.schedule.tau0, cfg.schedule.k)
+    return _teacher_point(cfg)
 
 
 def _k_max(cfg: RunConfig, p: MethodPlan) -> int:
@@ -234,8 +244,8 @@ def _k_max(cfg: RunConfig, p: MethodPlan) -> int:
 
 
 def _teacher_k(cfg: RunConfig) -> list[int]:
-    point = _teacher_point(cfg)
-    return [point.k] if point is not None else []
+    return [p.k for p in (_teacher_point(cfg), _teacher_rows_point(cfg) if cfg.data.teacher_answers else None)
+            if p is not None]
 
 
 def _stages(cfg, task, train, p, retriever, templates, run_dir, teacher=()) -> list[Stage]:
@@ -253,7 +263,7 @@ def _stages(cfg, task, train, p, retriever, templates, run_dir, teacher=()) -> l
     stages = build_stages(task, train, p.points, templates.at, neighbours, cfg.data.stage_mode, cfg.data.seed,
                           teacher_point=_teacher_point(cfg))
     stages = add_teacher_records(stages, task, teacher, cfg.data.teacher_stages, templates.at,
-                                 teacher_neighbours(retriever, teacher, k_train), _teacher_point(cfg))
+                                 teacher_neighbours(retriever, teacher, k_train), _teacher_rows_point(cfg))
     if stage_dir is not None:
         prints = save_stages(stages, stage_dir)
         write_json(stage_dir / "fingerprints.json", prints)  # written last: marks the set complete

@@ -31,20 +31,26 @@ class StageRecord:
     """One chat-formatted training instance: the prompt turns and the assistant answer.
 
     ``teacher_messages``: the prompt a distillation teacher sees for the same answer (the
-    stage-0 prompt); None when the stage loss has no teacher.
+    stage-0 prompt); None when the stage loss has no teacher. ``from_teacher``: the answer is a
+    teacher's (``data.teacher_answers``), not gold, so the row is learned by
+    ``train.teacher_rows_loss`` instead of ``train.loss``.
     """
 
     id: str
     messages: list[dict[str, str]]
     answer: str
     teacher_messages: list[dict[str, str]] | None = None
+    from_teacher: bool = False
 
 
 def record_row(rec: StageRecord) -> dict[str, Any]:
-    """``rec`` as a JSON row; ``teacher_messages`` only when present (older rows and hashes unchanged)."""
+    """``rec`` as a JSON row; ``teacher_messages`` and ``from_teacher`` only when set (older rows and
+    hashes unchanged)."""
     row = asdict(rec)
     if row["teacher_messages"] is None:
         del row["teacher_messages"]
+    if not row["from_teacher"]:
+        del row["from_teacher"]
     return row
 
 
@@ -184,7 +190,8 @@ def load_stages(directory: Path, n_stages: int, fingerprints: Mapping[str, str] 
             logger.warning("%s does not match its fingerprint in fingerprints.json (edited or damaged); "
                            "rebuilding the stage files from the config", path)
             return None
-        records = [StageRecord(r["id"], r["messages"], r["answer"], r.get("teacher_messages")) for r in rows]
+        records = [StageRecord(r["id"], r["messages"], r["answer"], r.get("teacher_messages"),
+                               bool(r.get("from_teacher", False))) for r in rows]
         tau, k = (rows[0]["tau"], rows[0]["k"]) if rows else (0.0, 0)
         stages.append(Stage(index=i, tau=tau, k=k, records=records))
     return stages

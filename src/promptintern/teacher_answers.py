@@ -16,6 +16,7 @@ is pure and imports no torch.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -90,6 +91,14 @@ def teacher_input(path: str | None) -> dict[str, Any]:
     return {INPUT_KEY: {"sha256": file_sha256(Path(path)), "source": f"data.teacher_answers {path}"}}
 
 
+def mix(rows: Sequence[Instance], n_labelled: int, per_pair: float | None, seed: int) -> list[Instance]:
+    """At most ``per_pair`` teacher rows per labelled pair: a seeded sample, in the file's order."""
+    if per_pair is None or len(rows) <= per_pair * n_labelled:
+        return list(rows)
+    keep = set(random.Random(seed).sample(range(len(rows)), int(per_pair * n_labelled)))
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
 def chosen_stages(n_stages: int, which: str) -> list[int]:
     """Indices of the stages that train on the teacher's rows: the last one (query alone) or all."""
     return list(range(n_stages)) if which == "all" else [n_stages - 1]
@@ -131,6 +140,6 @@ def add_teacher_records(
         if extra is None:
             out.append(s)
             continue
-        records = [replace(rec, answer=answers[rec.id]) for rec in extra.records]
+        records = [replace(rec, answer=answers[rec.id], from_teacher=True) for rec in extra.records]
         out.append(replace(s, records=[*s.records, *records]))
     return out

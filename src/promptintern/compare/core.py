@@ -19,7 +19,10 @@ from ..io import read_json, write_json
 from .cost import break_even, method_costs
 from .plan import METHODS, REFERENCES, Plan, load_compare_config
 from .runs import finished, read_run, run_all
+from .slices import slices
 from .stats import above_floor, accuracy, item_scores, statistic_name
+from .teacher_data import answers_path
+from .teacher_data import summary as teacher_data_summary
 from .verdict import verdict
 
 PASSES = ("runs", "speed", "scaling")
@@ -85,10 +88,10 @@ def speed_pass(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
     saved = read_json(path) if path.is_file() else {"methods": {}}
     pending = []
     for method in plan.args.methods:
-        if saved["methods"].get(method, {}).get("settings") == _speed_settings(plan, method):
-            log(f"speed {method}: measured earlier, kept")
-        elif not finished(plan, method, args.seed):
+        if not finished(plan, method, args.seed):
             log(f"speed {method}: seed {args.seed} not trained yet, skipped")
+        elif saved["methods"].get(method, {}).get("settings") == _speed_settings(plan, method):
+            log(f"speed {method}: measured earlier, kept")
         else:
             pending.append(method)
     if not pending:
@@ -195,6 +198,8 @@ def collect(plan: Plan) -> dict[str, Any]:
         "speed": speed, "speedups": _speedups(speed, plan.args.speed.lengths),
         "speedup_ranges": _paired_speedups(speed, plan.args.speed.lengths), "scaling": scaling,
         "cost": cost, "tolerance": plan.args.tolerance, "resamples": plan.args.resamples,
+        "teacher_data": teacher_data_summary(plan.out, plan.seeds),
+        "slices": slices(plan, runs, scores),
     }
     results["verdict"] = verdict(results, plan.args)
     return results
@@ -223,6 +228,9 @@ def _method_summary(plan: Plan, method: str, rs: dict[int, dict[str, Any]], spee
     }
     if METHODS[method].prefix_cache_of:
         out["cached_tokens"] = _prefix_tokens(plan, method, next(iter(rs)), speed)
+    if METHODS[method].teacher:  # the teacher's labelling is part of what this method cost to train
+        costs = [read_json(answers_path(plan.out, s).with_suffix(".json"))["cost"] for s in sorted(rs)]
+        out["labelling"] = {k: _mean([c[k] for c in costs]) for k in ("queries", "input_tokens", "output_tokens", "wall_s")}
     return out
 
 
@@ -231,10 +239,12 @@ def _costs(plan: Plan, methods: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"reference": ref, "compute_per_hour": plan.args.cost.compute_per_hour,
                            "compute_source": plan.args.cost.compute_source, "profiles": {}}
     for profile in plan.args.cost.profiles:
+        cached = methods.get("full-prompt+cache", {}).get("cached_tokens", 0.0)  # the teacher's prompt, cached
         rows = {m: method_costs(profile, {"input_tokens_mean": s["input_tokens_mean"],
                                           "output_tokens_mean": s["output_tokens_mean"],
                                           "cached_tokens": s.get("cached_tokens", 0.0)},
-                                {"tokens": s["train_tokens_mean"], "wall_s": s["train_wall_s_mean"]},
+                                {"tokens": s["train_tokens_mean"], "wall_s": s["train_wall_s_mean"],
+                                 "labelling": s.get("labelling"), "labelling_cached_tokens": cached},
                                 plan.args.cost.compute_per_hour) for m, s in methods.items()}
         if ref in rows:
             for m, row in rows.items():

@@ -76,13 +76,31 @@ def method_costs(profile: PriceProfile, tokens: dict[str, Any], training: dict[s
     ``wall_s`` (means over seeds).
     """
     inp, out, cached = tokens["input_tokens_mean"], tokens["output_tokens_mean"], tokens.get("cached_tokens", 0.0)
+    hosted, compute = labelling_costs(profile, training, compute_per_hour)
     return {
         "per_query": profile.per_query(inp, out, cached),
         "per_query_no_cache_discount": profile.per_query(inp, out, 0.0),
         "per_1k_queries": 1000 * profile.per_query(inp, out, cached),
-        "training_hosted": training.get("tokens", 0.0) * profile.training_per_1m / 1e6,
-        "training_compute": training.get("wall_s", 0.0) / 3600 * compute_per_hour,
+        "training_hosted": training.get("tokens", 0.0) * profile.training_per_1m / 1e6 + hosted,
+        "training_compute": training.get("wall_s", 0.0) / 3600 * compute_per_hour + compute,
+        "labelling_hosted": hosted, "labelling_compute": compute,
     }
+
+
+def labelling_costs(profile: PriceProfile, training: dict[str, Any], compute_per_hour: float) -> tuple[float, float]:
+    """What a teacher's answers to new queries cost (hosted, self-run): zero for a method without them.
+
+    ``training["labelling"]``: ``queries``, ``input_tokens``, ``output_tokens`` (totals) and
+    ``wall_s``; hosted, each query's input is billed like a served full-prompt query, its cached
+    prefix (``labelling_cached_tokens``, the template the teacher's prompts share) at the cached price.
+    """
+    lab = training.get("labelling")
+    if not lab:
+        return 0.0, 0.0
+    n = max(1.0, float(lab["queries"]))
+    cached = min(float(training.get("labelling_cached_tokens") or 0.0), lab["input_tokens"] / n)
+    hosted = n * profile.per_query(lab["input_tokens"] / n, lab["output_tokens"] / n, cached)
+    return hosted, lab["wall_s"] / 3600 * compute_per_hour
 
 
 def break_even(candidate: dict[str, Any], reference: dict[str, Any], basis: str) -> dict[str, Any]:

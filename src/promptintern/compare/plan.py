@@ -32,6 +32,7 @@ from ..methods import plan as method_plan
 from .budget import BUDGETS, converge_train, stage_lengths, steps_per_epoch, token_matched_steps
 from .cost import CostArgs
 from .speed import ScalingArgs, SpeedArgs
+from .teacher_data import TeacherDataArgs, answers_path
 
 # The LR schedule across the stages of a multi-stage method. The trainer builds one HF Trainer
 # per stage, so its schedule restarts in every stage; it has no switch for one schedule across
@@ -61,6 +62,7 @@ class CompareMethod:
     revisit: bool = False
     prefix_cache_of: str | None = None
     loss: str | None = None
+    teacher: bool = False  # also trains on the new queries full-prompt FT of the same seed answered
 
 
 METHODS: dict[str, CompareMethod] = {
@@ -83,6 +85,13 @@ METHODS: dict[str, CompareMethod] = {
                                           "(N× the steps)", shape="linear", revisit=True),
     "promptintern+kl": CompareMethod("promptintern", "linear schedule, ce+kl loss, self-teacher on the stage-0 "
                                      "prompt", shape="linear", loss="ce+kl"),
+    "promptintern+teacher": CompareMethod(
+        "promptintern", "linear schedule from full-prompt FT's stage 0; its query-alone stage also learns the new "
+        "queries full-prompt FT of the same seed answered (compare.teacher_data; train.teacher_rows_loss)",
+        shape="linear", teacher=True),
+    "query-only+teacher": CompareMethod(
+        "query-only", "one query-alone stage on the labelled pairs and the same teacher-answered queries: no "
+        "progression", teacher=True),
 }
 DEFAULT_METHODS = ("full-prompt", "full-prompt+cache", "query-only", "compressed", "promptintern")
 REFERENCES = ("full-prompt", "query-only")  # the differences every report gives
@@ -110,6 +119,7 @@ class CompareArgs:
     speed: SpeedArgs = field(default_factory=SpeedArgs, metadata={"help": "Speed pass on the trained, merged models."})
     scaling: ScalingArgs = field(default_factory=ScalingArgs, metadata={"help": "Speed vs recurring-prompt length (base model, no training)."})
     cost: CostArgs = field(default_factory=CostArgs, metadata={"help": "Price profiles and training-cost figures."})
+    teacher_data: TeacherDataArgs = field(default_factory=TeacherDataArgs, metadata={"help": "New queries for the '+teacher' methods, answered by full-prompt FT of the same seed."})
 
     def validate(self) -> None:
         for name in self.methods:
@@ -140,6 +150,20 @@ class CompareArgs:
             raise ConfigError(f"compare.tolerance must be >= 0, got {self.tolerance}")
         if self.resamples < 1:
             raise ConfigError(f"compare.resamples must be >= 1, got {self.resamples}")
+        self._validate_teacher()
+
+    def _validate_teacher(self) -> None:
+        taught = [m for m in self.methods if METHODS[m].teacher]
+        if not taught:
+            return
+        if "full-prompt" not in self.methods:
+            raise ConfigError(f"compare.methods: {taught[0]} learns from full-prompt FT's answers; add full-prompt")
+        if not self.teacher_data.enabled:
+            raise ConfigError(f"compare.methods: {taught[0]} needs new queries: set compare.teacher_data.from_train, "
+                              ".queries or .generate")
+        if self.budget == "tokens":
+            raise ConfigError(f"compare.budget 'tokens' matches full-prompt FT's tokens on the labelled pairs; "
+                              f"{taught[0]} trains on more rows: use 'converge' or 'steps'")
 
     def ordered_methods(self) -> list[str]:
         """The chosen methods with every prefix-cache method's source before it (it needs the adapter)."""
@@ -210,9 +234,9 @@ class Plan:
             if owned:
                 raise ConfigError(f"run.train.stage_overrides.{index}.{owned[0]}: compare sets every stage's steps "
                                   "itself (equal steps for every method); remove it")
-        if self.base.data.teacher_answers:  # budgets count labelled pairs; no method is built for them yet
-            raise ConfigError("run.data.teacher_answers: compare has no teacher-data methods yet; train the "
-                              "student with 'promptintern run' (see docs/new-queries.md)")
+        if self.base.data.teacher_answers:  # the '+teacher' methods get their own, per seed
+            raise ConfigError("run.data.teacher_answers: compare labels new queries itself for the '+teacher' "
+                              "methods (compare.teacher_data); remove it from the run section")
         task, train, _ = load_data(self.base)
         if self.args.budget == "converge" and not task.has_split("validation"):
             raise ConfigError(f"compare.budget 'converge' scores a validation sample, and task {task.name} has no "
@@ -279,6 +303,9 @@ class Plan:
         train["seed"] = seed
         if spec.loss:
             train["loss"] = spec.loss
+        if spec.teacher:  # full-prompt FT of this seed answered the new queries and is their KL teacher
+            _section(d, "data").update(teacher_answers=str(answers_path(self.out, seed)), teacher_stages="last")
+            train.update(teacher=str(self.run_dir("full-prompt", seed) / "adapter"), teacher_cache=True)
         if self.args.lr_policy == "constant":
             train.update(lr_scheduler="constant", warmup_ratio=0.0)
         elif self.args.lr_policy == "one":
@@ -316,7 +343,8 @@ class Plan:
             "methods": {m: {"about": METHODS[m].about, "pipeline": METHODS[m].pipeline,
                             "steps_per_stage": self.planned_steps(m),
                             "stage_mode": self.stage_mode(m),
-                            "prefix_cache_of": METHODS[m].prefix_cache_of} for m in self.args.methods},
+                            "prefix_cache_of": METHODS[m].prefix_cache_of,
+                            "teacher": METHODS[m].teacher} for m in self.args.methods},
             "seeds": self.seeds,
             "seed_changes": "train.seed: LoRA initialisation, dropout and data order (data.seed, the training "
                             "sample and its stage slices, stays fixed)",

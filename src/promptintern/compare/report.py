@@ -86,7 +86,8 @@ def _break_even(b: dict[str, Any]) -> str:
 def render(results: dict[str, Any]) -> str:
     parts = [f"# promptintern compare: {results['task']} · {results['model']}", "",
              "## Verdict", "", verdict_text(results), ""]
-    parts += _accuracy_section(results) + training_section(results) + _speed_section(results)
+    parts += _accuracy_section(results) + _slice_section(results) + _teacher_section(results)
+    parts += training_section(results) + _speed_section(results)
     parts += _scaling_section(results)
     parts += _cost_section(results) + _plan_section(results)
     if results.get("plots"):
@@ -102,9 +103,17 @@ def _accuracy_section(results: dict[str, Any]) -> list[str]:
              f"Statistic: {stat}, from the per-item scores stored in each run's metrics.json, over "
              f"{acc['n_items']} test items. Differences: bootstrap over test items and seeds "
              f"({results['resamples']:,} resamples); "
-             "significant only when the 95% interval excludes 0.", "",
-             "| method | mean [95% CI, items × seeds] | sd over seeds | per seed | run's own headline per seed | Δ vs full-prompt [95% CI] | Δ vs query-only [95% CI] |",
-             "|---|---|---|---|---|---|---|"]
+             "significant only when the 95% interval excludes 0.", ""]
+    lines += _accuracy_table(acc, results, own=True)
+    return lines + ["", "`*`: the interval excludes 0. `full-prompt+cache` answers with full-prompt's weights and "
+                    "prompt (greedy), so its scores are full-prompt's.", ""]
+
+
+def _accuracy_table(acc: dict[str, Any], results: dict[str, Any], own: bool) -> list[str]:
+    """Per method: mean with interval, spread over seeds, and the differences to the references."""
+    head = " run's own headline per seed |" if own else ""
+    lines = [f"| method | mean [95% CI, items × seeds] | sd over seeds | per seed |{head} Δ vs full-prompt [95% CI] | "
+             "Δ vs query-only [95% CI] |", "|---|---|---|---|" + ("---|" if own else "") + "---|---|"]
     for m, s in acc["methods"].items():
         d = acc["differences"].get(m, {})
         cells = []
@@ -112,12 +121,43 @@ def _accuracy_section(results: dict[str, Any]) -> list[str]:
             x = d.get(ref)
             cells.append(f"{x['diff']:+.2f} {_ci(x['ci95'])}{' *' if x['significant'] else ''}" if x else "-")
         sd = f"{s['sd_over_seeds']:.2f}" if s["sd_over_seeds"] is not None else "-"
-        own = ", ".join(f"{x:.2f}" for x in results["methods"][m]["headline_metric_per_seed"])
+        own_cell = ", ".join(f"{x:.2f}" for x in results["methods"][m]["headline_metric_per_seed"])
         ci = f" [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]" if s.get("ci95") else ""
-        lines.append(f"| {m} | {s['mean']:.2f}{ci} | {sd} | {', '.join(f'{x:.2f}' for x in s['per_seed'])} | {own} | "
-                     f"{cells[0]} | {cells[1]} |")
-    return lines + ["", "`*`: the interval excludes 0. `full-prompt+cache` answers with full-prompt's weights and "
-                    "prompt (greedy), so its scores are full-prompt's.", ""]
+        lines.append(f"| {m} | {s['mean']:.2f}{ci} | {sd} | {', '.join(f'{x:.2f}' for x in s['per_seed'])} |"
+                     + (f" {own_cell} |" if own else "") + f" {cells[0]} | {cells[1]} |")
+    return lines
+
+
+def _slice_section(results: dict[str, Any]) -> list[str]:
+    sl = (results.get("slices") or {}).get("schema_unseen")
+    if not sl or not sl["accuracy"]["methods"]:
+        return []
+    return ["## Schema-unseen slice", "",
+            f"The {sl['n_items']} test items whose gold SQL names a table or column that no labelled training "
+            "pair's SQL names: a model that learned only the labelled pairs never wrote those names, so this is "
+            "where the prompt's knowledge must have been internalized. Same bootstrap as above; with this few "
+            "items the intervals are wide.", "", *_accuracy_table(sl["accuracy"], results, own=False), ""]
+
+
+def _teacher_section(results: dict[str, Any]) -> list[str]:
+    td = results.get("teacher_data")
+    if not td:
+        return []
+    lines = ["## Teacher data", "",
+             f"{td['n']} new queries (" + "; ".join(f"{src}: {c['found']} found, {c['duplicates']} duplicates, "
+                                                   f"{c['leaking']} equal to a validation or test query, {c['kept']} kept"
+                                                   for src, c in td["counts"].items())
+             + "), answered by full-prompt FT of each seed with its full prompt; an answer is kept when it ended "
+             "by itself, is not empty and passes the task's check.", "",
+             "| seed | answered | kept | kept share | rejected | labelling s | input tokens | output tokens |",
+             "|---|---|---|---|---|---|---|---|"]
+    for seed, entry in td["seeds"].items():
+        c, cost = entry["counts"], entry["cost"]
+        rejected = ", ".join(f"{v} {k}" for k, v in c.items() if k not in ("answered", "kept") and v) or "-"
+        share = c["kept"] / c["answered"] if c["answered"] else 0.0
+        lines.append(f"| {seed} | {c['answered']} | {c['kept']} | {share:.1%} | {rejected} | {cost['wall_s']:.0f} | "
+                     f"{cost['input_tokens']:,.0f} | {cost['output_tokens']:,.0f} |")
+    return lines + ["", "Labelling counts as training cost of the `+teacher` methods in the cost table.", ""]
 
 
 def _speed_section(results: dict[str, Any]) -> list[str]:
@@ -217,8 +257,10 @@ def _cost_section(results: dict[str, Any]) -> list[str]:
                          f"{_money(row['training_compute'])} | {be_txt} |")
         lines.append("")
     return lines + ["Tokens per query are the means over the whole test set at natural answer lengths (as served); "
-                    "training tokens are the optimizer's steps × records per step × the stage's mean record length.",
-                    ""]
+                    "training tokens are the optimizer's steps × records per step × the stage's mean record length. "
+                    "A `+teacher` method's training $ include its teacher's labelling: hosted, each new query billed "
+                    "like a served full-prompt query (the shared prefix at the cached price); compute, its "
+                    "generation seconds.", ""]
 
 
 def _plan_section(results: dict[str, Any]) -> list[str]:

@@ -19,6 +19,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
+from ..args import KL_FIELDS, KL_LOSSES
 from ..identity import identity_view
 from ..io import atomic_dir, locked_dir, read_json, write_json
 from .plan import METHODS, Plan
@@ -31,6 +32,9 @@ def _stage0_settings(train: Any) -> dict[str, Any]:
     args = train.for_stage(0)
     view = identity_view(args)
     view.pop("stage_overrides", None)
+    if args.loss not in KL_LOSSES:  # gold pairs learn no teacher logits; teacher rows would change stage 0's records
+        for name in (*KL_FIELDS, "teacher_rows_loss"):
+            view.pop(name, None)
     return {**view, "save_steps": args.save_steps}
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import read_json, write_json
+from . import teacher_data
 from .budget import measured_step_seconds, plan_lines
 from .curves import runaway_share, stage_rows, to_best
 from .plan import METHODS, Plan
@@ -25,6 +26,8 @@ from .reuse import REFERENCE, reusable, reuse_stage0
 
 def finished(plan: Plan, method: str, seed: int) -> bool:
     """Whether (``method``, ``seed``)'s pipeline run is complete under the current config."""
+    if METHODS[method].teacher and not teacher_data.ready(plan.out, seed):
+        return False  # its config names teacher answers that do not exist yet
     cfg, run_dir = plan.config(method, seed), plan.run_dir(method, seed)
     marker = run_dir / "run.json"
     return (run_dir / "metrics.json").is_file() and marker.is_file() and \
@@ -41,7 +44,7 @@ def run_all(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
     # Seed-major: a benchmark stopped part-way holds whole seeds (every method), which the report
     # can already compare, rather than every seed of the first methods only.
     trained = [m for m in plan.args.ordered_methods() if not METHODS[m].prefix_cache_of]
-    if any(reusable(plan, m) for m in trained):  # the staged methods start from its stage 0
+    if any(reusable(plan, m) or METHODS[m].teacher for m in trained):  # they start from / learn from it
         trained.sort(key=lambda m: m != REFERENCE)
     histories = {m: [read_json(plan.run_dir(m, s) / "train" / "history.json") for s in plan.seeds
                      if (plan.run_dir(m, s) / "train" / "history.json").is_file()] for m in trained}
@@ -52,6 +55,8 @@ def run_all(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
         for method in trained:  # a prefix-cache method has no run: its source's adapter, cached
             if finished(plan, method, seed):
                 log(f"{method} seed {seed}: finished earlier, kept")
+                continue
+            if METHODS[method].teacher and not _teacher_answers(plan, seed, log):
                 continue
             cfg = plan.config(method, seed)
             reuse_stage0(plan, method, seed, log)
@@ -64,6 +69,16 @@ def run_all(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
             write_json(path, spent)
             log(f"{method} seed {seed}: done in {spent[key]:.0f} s")
     return spent
+
+
+def _teacher_answers(plan: Plan, seed: int, log: Callable[[str], None]) -> bool:
+    """Seed ``seed``'s teacher answers, labelled now if needed; False while full-prompt FT is unfinished."""
+    if not teacher_data.ready(plan.out, seed):
+        if not finished(plan, REFERENCE, seed):
+            log(f"teacher seed {seed}: full-prompt FT is not finished; the '+teacher' methods of this seed wait")
+            return False
+        teacher_data.label_seed(plan, seed, plan.run_dir(REFERENCE, seed), log)
+    return True
 
 
 def tokens_per_step(plan: Plan, method: str, seed: int, history: dict[str, Any]) -> list[float]:
