@@ -2,7 +2,7 @@
 checkpoint an unfinished stage resumes from (verified before use) and what it carries over.
 
 Layout (written by the main process only; files and directories atomically): see
-:mod:`promptintern.trainer`.
+:mod:`promptintern.training.loop`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..identity import as_json, describe_differences, identity_view, model_ident
 from ..io import read_json, write_json
 from ..stages import Stage, record_row
 
-logger = logging.getLogger("promptintern.trainer")  # one logger name for all training messages
+logger = logging.getLogger("promptintern.training")  # one logger name for all training messages
 
 DONE_FILE = "DONE.json"
 _RANK_NAME = re.compile(r"rng_state_\d+\.pth")  # not in a checkpoint's checksums: checked by format
