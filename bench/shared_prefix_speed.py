@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from promptintern.config import load_config
-    from promptintern.shared_prefix import token_summary
+    from promptintern.training import token_summary
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)

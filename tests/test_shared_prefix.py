@@ -11,8 +11,12 @@ import torch.nn.functional as F
 
 from promptintern.args import LoraArgs
 from promptintern.errors import ConfigError
-from promptintern.shared_prefix import MIN_PREFIX_TOKENS, SharedPrefixUnsupported, shared_prefix_length
 from promptintern.training import PadCollator, answer_logits, answer_mask, tokenize_records
+from promptintern.training.shared_prefix import (
+    MIN_PREFIX_TOKENS,
+    SharedPrefixUnsupported,
+    shared_prefix_length,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_fixtures import tiny_lora_model, toy_stages  # noqa: E402

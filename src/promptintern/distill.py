@@ -49,10 +49,10 @@ from .args import KL_LOSSES, SELF_TEACHER, teacher_kind
 from .errors import ConfigError, DataError
 from .io import atomic_path
 from .prompt import IGNORE_INDEX
-from .shared_prefix import (
+from .training.loss import answer_logits, answer_mask  # noqa: F401  (re-exported: they lived here)
+from .training.shared_prefix import (
     BatchTokens,
 )
-from .training.loss import answer_logits, answer_mask  # noqa: F401  (re-exported: they lived here)
 
 CACHE_DIR = "teacher-cache"
 _TOPK_CHUNK = 1024  # answer positions reduced to top-k at a time (bounds the temporary [chunk, V] copies)

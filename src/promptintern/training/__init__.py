@@ -2,6 +2,7 @@
 
 - :mod:`.loop`: the stage loop (``train_stages``): one adapter trained stage after stage, resume, publish;
 - :mod:`.data`: stage records → token ids with answer-only labels, and their padding;
+- :mod:`.shared_prefix`: the tokens every row of a batch shares run once, then only the suffixes;
 - :mod:`.loss`: answer-only logits (LM-head hook) and the cross-entropy on them;
 - :mod:`.hf`: the Hugging Face ``Trainer`` subclass, its callbacks and ``TrainingArguments``;
 - :mod:`.validation`: each stage's validation loss (its own prompt, the Trainer's ``evaluate``
@@ -24,6 +25,8 @@ _EXPORTS = {
     "train_stages": "loop",
     "PadCollator": "data",
     "tokenize_records": "data",
+    "BatchTokens": "shared_prefix",
+    "token_summary": "shared_prefix",
     "answer_logits": "loss",
     "answer_loss": "loss",
     "answer_mask": "loss",

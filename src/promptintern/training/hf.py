@@ -17,9 +17,9 @@ from ..checksums import write_checkpoint_checksums
 from ..distill import Teacher, distill_loss
 from ..errors import ConfigError
 from ..progress import progress_bar
-from ..shared_prefix import BatchTokens
 from .checkpoints import CARRY_KEY
 from .loss import answer_loss
+from .shared_prefix import BatchTokens
 from .validation import rng_kept
 
 

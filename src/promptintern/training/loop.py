@@ -79,7 +79,6 @@ from ..checksums import write_checksums
 from ..distill import CACHE_DIR, Teacher, TeacherCache, load_frozen_teacher, teacher_fingerprint
 from ..errors import ConfigError, DataError, ModelError, RunDirError, Stopped, disk_full_is_one_line
 from ..io import atomic_dir, write_json
-from ..shared_prefix import token_summary
 from ..stages import Stage, StageRecord
 from .checkpoints import (
     DONE_FILE,
@@ -102,6 +101,7 @@ from .hf import (
     _training_arguments,
     resolve_dtype,
 )
+from .shared_prefix import token_summary
 from .stop import StopRequest, stop_callback, stop_requests
 from .validation import early_stopping, stage_validation, stop_record
 

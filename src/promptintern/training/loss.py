@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..errors import ModelError
 from ..prompt import IGNORE_INDEX
-from ..shared_prefix import (
+from .shared_prefix import (
     BatchTokens,
     SharedPrefixUnsupported,
     check_mode,
@@ -71,7 +71,7 @@ def answer_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
     """LM-head logits at the answer positions only, flattened row by row ``[N, V]``, and their targets ``[N]``.
 
     ``shared_prefix`` (auto | on | off): run the tokens all rows share once (see
-    :mod:`promptintern.shared_prefix`); ``auto`` falls back to the plain pass where unsupported.
+    :mod:`.shared_prefix`); ``auto`` falls back to the plain pass where unsupported.
     ``tokens``, when given, receives this batch's token accounting (padding, shared prefix).
     """
     keep = answer_mask(labels)
