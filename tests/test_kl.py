@@ -15,7 +15,11 @@ from safetensors.torch import load_file
 
 from promptintern.args import LoraArgs, TrainArgs
 from promptintern.configtools import from_dict
-from promptintern.distill import (
+from promptintern.errors import ConfigError
+from promptintern.schedule import Schedule, StagePoint
+from promptintern.stages import Stage, build_stages, load_stages, save_stages
+from promptintern.training import (
+    PadCollator,
     Teacher,
     TeacherCache,
     answer_logits,
@@ -23,12 +27,10 @@ from promptintern.distill import (
     distill_loss,
     load_frozen_teacher,
     teacher_fingerprint,
+    tokenize_records,
     topk_targets,
+    train_stages,
 )
-from promptintern.errors import ConfigError
-from promptintern.schedule import Schedule, StagePoint
-from promptintern.stages import Stage, build_stages, load_stages, save_stages
-from promptintern.training import PadCollator, tokenize_records, train_stages
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_stages import ToyTask, make_instances, neighbours_of, toy_template_at  # noqa: E402

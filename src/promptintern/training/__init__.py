@@ -3,7 +3,8 @@
 - :mod:`.loop`: the stage loop (``train_stages``): one adapter trained stage after stage, resume, publish;
 - :mod:`.data`: stage records → token ids with answer-only labels, and their padding;
 - :mod:`.shared_prefix`: the tokens every row of a batch shares run once, then only the suffixes;
-- :mod:`.loss`: answer-only logits (LM-head hook) and the cross-entropy on them;
+- :mod:`.loss`: answer-only logits (LM-head hook), the cross-entropy, the top-k KL to a teacher;
+- :mod:`.teacher`: the KL teacher (the student itself, a frozen adapter or model) and its targets' disk cache;
 - :mod:`.hf`: the Hugging Face ``Trainer`` subclass, its callbacks and ``TrainingArguments``;
 - :mod:`.validation`: each stage's validation loss (its own prompt, the Trainer's ``evaluate``
   with the answer-only loss, RNG streams untouched) and the last stage's best checkpoint;
@@ -30,6 +31,15 @@ _EXPORTS = {
     "answer_logits": "loss",
     "answer_loss": "loss",
     "answer_mask": "loss",
+    "bucket_kl": "loss",
+    "distill_loss": "loss",
+    "LossParts": "loss",
+    "TeacherTargets": "loss",
+    "topk_targets": "loss",
+    "Teacher": "teacher",
+    "TeacherCache": "teacher",
+    "load_frozen_teacher": "teacher",
+    "teacher_fingerprint": "teacher",
     "check_passthrough": "hf",
     "resolve_dtype": "hf",
     "run_schedule": "hf",

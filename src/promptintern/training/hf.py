@@ -14,12 +14,12 @@ import torch
 
 from ..args import KL_LOSSES, LOSSES, LoraArgs, TrainArgs
 from ..checksums import write_checkpoint_checksums
-from ..distill import Teacher, distill_loss
 from ..errors import ConfigError
 from ..progress import progress_bar
 from .checkpoints import CARRY_KEY
-from .loss import answer_loss
+from .loss import answer_loss, distill_loss
 from .shared_prefix import BatchTokens
+from .teacher import Teacher
 from .validation import rng_kept
 
 

@@ -41,7 +41,7 @@ Choices (ours; the paper does not say):
   time on CPU, more as prompts grow). The sum is divided by the number of
   answer tokens in the whole accumulated (and, with several processes, global) batch, like
   transformers' own loss.
-- Losses ``kl`` and ``ce+kl`` (beyond the paper, see ``promptintern.distill``): distil a
+- Losses ``kl`` and ``ce+kl`` (beyond the paper, see :mod:`.loss` and :mod:`.teacher`): distil a
   teacher that sees the stage-0 prompt into the student that sees the stage's prompt, on the
   same gold answer: ``kl`` = T²·KL_k(teacher ‖ student), ``ce+kl`` = (1 − λ)·CE + λ·T²·KL_k
   (a convex mix, so the gradient scale and the tuned learning rate stay those of CE). The
@@ -76,7 +76,6 @@ import torch
 
 from ..args import SELF_TEACHER, LoraArgs, TrainArgs
 from ..checksums import write_checksums
-from ..distill import CACHE_DIR, Teacher, TeacherCache, load_frozen_teacher, teacher_fingerprint
 from ..errors import ConfigError, DataError, ModelError, RunDirError, Stopped, disk_full_is_one_line
 from ..io import atomic_dir, write_json
 from ..stages import Stage, StageRecord
@@ -103,6 +102,7 @@ from .hf import (
 )
 from .shared_prefix import token_summary
 from .stop import StopRequest, stop_callback, stop_requests
+from .teacher import CACHE_DIR, Teacher, TeacherCache, load_frozen_teacher, teacher_fingerprint
 from .validation import early_stopping, stage_validation, stop_record
 
 logger = logging.getLogger("promptintern.training")  # one logger name for all training messages
