@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..args import LoraArgs, TrainArgs
 from ..checksums import directory_problem, format_problem, has_checksums
 from ..errors import RunDirError
@@ -177,6 +175,8 @@ def _check_run_dir(train_dir: Path, adapter_dir: Path, record: dict, resume: boo
 
 def _barrier() -> None:
     """Wait for every process (a no-op in a single process)."""
+    import torch  # here: the run directory's bookkeeping is read without torch (the pipeline, compare)
+
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
 

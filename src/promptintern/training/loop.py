@@ -93,13 +93,7 @@ from .checkpoints import (
     train_record,
 )
 from .data import PadCollator, tokenize_records
-from .hf import (
-    _make_progress,
-    _make_trainer_class,
-    _progress_callback_class,
-    _training_arguments,
-    resolve_dtype,
-)
+from .hf import StageProgress, StageTrainer, _make_progress, _training_arguments, resolve_dtype
 from .shared_prefix import token_summary
 from .stop import StopRequest, stop_callback, stop_requests
 from .teacher import CACHE_DIR, Teacher, TeacherCache, load_frozen_teacher, teacher_fingerprint
@@ -174,14 +168,14 @@ def _train_stage(
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     carry = checkpoint_carry(checkpoint)
     before_s = float(carry.get("train_wall_s", 0.0))
-    trainer = _make_trainer_class()(
+    trainer = StageTrainer(
         model=sess.model,
         args=_training_arguments(args, sdir, sess.seed + stage.index, sess.use_cpu, sess.bf16, sess.world,
                                  select_best=select_best),
         train_dataset=data,
         eval_dataset=val_data if select_best else None,
         data_collator=PadCollator(pad_id),
-        callbacks=[_progress_callback_class()(sess.progress, label), stop_callback(sess.stop),
+        callbacks=[StageProgress(sess.progress, label), stop_callback(sess.stop),
                    *early_stopping(args.early_stopping_patience), *sess.callbacks],
         loss=args.loss,
         optimizer_state=optimizer_state if args.optimizer_state == "keep" else None,
