@@ -2,14 +2,12 @@
 
 - :mod:`.loop`: the stage loop (``train_stages``): one adapter trained stage after stage, resume, publish;
 - :mod:`.data`: stage records → token ids with answer-only labels, and their padding;
-- :mod:`.shared_prefix`: the tokens every row of a batch shares run once, then only the suffixes;
+- :mod:`.shared_prefix`: the tokens all rows of a batch share run once, then only the suffixes;
 - :mod:`.loss`: answer-only logits (LM-head hook), the cross-entropy, the top-k KL to a teacher;
-- :mod:`.teacher`: the KL teacher (the student itself, a frozen adapter or model) and its targets' disk cache;
+- :mod:`.teacher`: the KL teacher (the student itself, a frozen adapter or model), its target cache;
 - :mod:`.hf`: the Hugging Face ``Trainer`` subclass, its callbacks and ``TrainingArguments``;
-- :mod:`.validation`: each stage's validation loss (its own prompt, the Trainer's ``evaluate``
-  with the answer-only loss, RNG streams untouched) and the last stage's best checkpoint;
-- :mod:`.checkpoints`: the run directory's bookkeeping: what was trained (``config.json``),
-  which stages are done, which checkpoint a stage resumes from, and what it carries;
+- :mod:`.validation`: each stage's validation loss and the last stage's best checkpoint;
+- :mod:`.checkpoints`: the run directory's bookkeeping: what was trained, what is done, what resumes;
 - :mod:`.stop`: a clean stop on SIGTERM / SIGINT (a checkpoint at the current step).
 
 The public names below are imported on first use (PEP 562), so that importing a light part

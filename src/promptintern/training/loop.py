@@ -1,4 +1,4 @@
-"""Progressive LoRA training: one adapter, trained stage after stage.
+"""The stage loop of progressive LoRA training: one adapter, trained stage after stage.
 
 PromptIntern fine-tunes a single LoRA adapter on a sequence of stage datasets whose prompts
 shrink (template compressed, fewer examples) until only the query is left. Each stage is one
