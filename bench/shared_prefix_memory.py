@@ -102,7 +102,7 @@ def _step(model, batch, mode: str, profile: bool) -> dict:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from promptintern.trainer import answer_loss
+    from promptintern.training import answer_loss
 
     _trim()
     rss_before = _status_mb("VmRSS")

@@ -17,7 +17,7 @@ from shared_prefix_speed import _batches, _model, _run_block
 from torch.profiler import ProfilerActivity, profile
 
 from promptintern.config import load_config
-from promptintern.trainer import answer_loss
+from promptintern.training import answer_loss
 
 torch.set_num_threads(int(sys.argv[1]))
 cfg = load_config(_run_block("bench/configs/nl2bash.yaml"), [])

@@ -39,7 +39,7 @@ def _run_block(path: str) -> str:
 def _batches(cfg, n_batches: int, seed: int):
     from promptintern.models import load_tokenizer
     from promptintern.pipeline import prepare
-    from promptintern.trainer import PadCollator, tokenize_records
+    from promptintern.training import PadCollator, tokenize_records
 
     prep = prepare(cfg)
     records = list(prep.stages[0].records)
@@ -65,7 +65,7 @@ def _model(cfg):
 def _step(model, batch, mode: str, tokens: list, cpu: list) -> float:
     """Forward + backward of one batch; returns wall seconds and appends process CPU seconds to ``cpu``
     (on a shared machine CPU time is the steadier figure: wall time includes waiting for a core)."""
-    from promptintern.trainer import answer_loss
+    from promptintern.training import answer_loss
 
     start, start_cpu = time.perf_counter(), time.process_time()
     loss = answer_loss(model, batch, shared_prefix=mode, tokens=tokens)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from promptintern.config import load_config
-    from promptintern.shared_prefix import token_summary
+    from promptintern.training import token_summary
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)

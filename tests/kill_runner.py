@@ -48,7 +48,7 @@ def install(point: str) -> None:
 
         after(Trainer, "_save_checkpoint", lambda self, *a, **k: "stage-1" in str(self.args.output_dir))
     elif point == "between-stages":  # stage 0 complete (final/ renamed into place), stage 1 not begun
-        import promptintern.trainer as tr
+        import promptintern.training.loop as tr
 
         original = tr.atomic_dir
 

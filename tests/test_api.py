@@ -7,7 +7,7 @@ import json
 import promptintern
 import promptintern.exporter
 import promptintern.inference
-import promptintern.trainer  # noqa: F401  (the API names must not be shadowed by submodules)
+import promptintern.training.loop  # noqa: F401  (the API names must not be shadowed by submodules)
 from pipeline_fixtures import tiny_run_config
 
 

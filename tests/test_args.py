@@ -74,8 +74,6 @@ def test_volatile_fields_are_marked_in_metadata():
 
 
 def test_old_import_paths_still_work():
-    from promptintern import args, config, distill, inference, trainer
+    from promptintern import args, config, inference
 
-    assert trainer.TrainArgs is args.TrainArgs and trainer.LoraArgs is args.LoraArgs
     assert inference.InferArgs is args.InferArgs and config.EvalArgs is args.EvalArgs
-    assert trainer.KL_FIELDS is args.KL_FIELDS and distill.teacher_kind is args.teacher_kind

@@ -15,8 +15,9 @@ import yaml
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from promptintern.args import LoraArgs, TrainArgs
 from promptintern.errors import ConfigError
-from promptintern.trainer import LoraArgs, TrainArgs, train_stages
+from promptintern.training import train_stages
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_fixtures import toy_args, toy_stages  # noqa: E402

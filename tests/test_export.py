@@ -10,11 +10,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+from promptintern.args import LoraArgs
 from promptintern.errors import RunDirError
 from promptintern.exporter import export
 from promptintern.io import write_json
 from promptintern.models import load_model, resolve_model_path
-from promptintern.trainer import LoraArgs, train_stages
+from promptintern.training import train_stages
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_fixtures import tiny_run_config, write_config  # noqa: E402

@@ -80,7 +80,7 @@ def _one_line(capsys) -> str:
 def test_f1_checkpoint_with_emptied_trainer_state_is_set_aside(finished, task, tmp_path, caplog):
     run_dir, cfg = _copy(finished, task, tmp_path)
     (run_dir / "train/stage-1/checkpoint-2/trainer_state.json").write_text("{}")
-    with caplog.at_level(logging.WARNING, logger="promptintern.trainer"):
+    with caplog.at_level(logging.WARNING, logger="promptintern.training"):
         assert main(["train", str(cfg), "--resume"]) == 0
     assert ("stage 2/2: checkpoint-2 cannot be resumed from (trainer_state.json does not match its checksum "
             "(damaged since it was saved)); restarting the stage") in caplog.text
@@ -91,7 +91,7 @@ def test_f2_truncated_stage_final_is_trained_again(finished, task, tmp_path, cap
     run_dir, cfg = _copy(finished, task, tmp_path)
     weights = run_dir / "train/stage-0/final" / WEIGHTS
     os.truncate(weights, 1000)
-    with caplog.at_level(logging.WARNING, logger="promptintern.trainer"):
+    with caplog.at_level(logging.WARNING, logger="promptintern.training"):
         assert main(["train", str(cfg), "--resume"]) == 0
     assert f"stage 1/2: final/ {WEIGHTS} does not match its checksum" in caplog.text
     assert _same_adapter(run_dir / "train/stage-0/final", finished / "train/stage-0/final")
@@ -112,7 +112,7 @@ def test_f3_truncated_adapter_is_refused_by_infer_and_export_and_rebuilt_by_resu
     assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "export")]) == 5
     assert f"{WEIGHTS} does not match its checksum" in _one_line(capsys)
     assert not (tmp_path / "export").exists()
-    with caplog.at_level(logging.WARNING, logger="promptintern.trainer"):
+    with caplog.at_level(logging.WARNING, logger="promptintern.training"):
         assert main(hint.split()[1:]) == 0
     assert "rebuilding it from the last stage's final/" in caplog.text
     assert _same_adapter(run_dir / "adapter", finished / "adapter")
@@ -128,7 +128,7 @@ def test_f4_flipped_tensor_bytes_in_a_checkpoint_are_found(finished, task, tmp_p
     for i in range(header + 100, min(header + 5000, len(data))):  # tensor data only: the header stays valid
         data[i] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="promptintern.trainer"):
+    with caplog.at_level(logging.WARNING, logger="promptintern.training"):
         assert main(["train", str(cfg), "--resume"]) == 0
     assert f"checkpoint-2 cannot be resumed from ({WEIGHTS} does not match its checksum" in caplog.text
     assert _same_adapter(run_dir / "adapter", finished / "adapter")

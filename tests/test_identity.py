@@ -18,7 +18,7 @@ from promptintern.config import RunConfig, load_config
 from promptintern.errors import RunDirError
 from promptintern.identity import describe_differences, differences, file_digest, model_identity
 from promptintern.pipeline import open_run_dir
-from promptintern.trainer import train_record
+from promptintern.training import train_record
 from train_fixtures import toy_stages
 
 # A value different from the default, for every field marked volatile.

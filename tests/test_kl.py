@@ -13,8 +13,13 @@ import torch
 from peft import get_peft_model
 from safetensors.torch import load_file
 
+from promptintern.args import LoraArgs, TrainArgs
 from promptintern.configtools import from_dict
-from promptintern.distill import (
+from promptintern.errors import ConfigError
+from promptintern.schedule import Schedule, StagePoint
+from promptintern.stages import Stage, build_stages, load_stages, save_stages
+from promptintern.training import (
+    PadCollator,
     Teacher,
     TeacherCache,
     answer_logits,
@@ -22,12 +27,10 @@ from promptintern.distill import (
     distill_loss,
     load_frozen_teacher,
     teacher_fingerprint,
+    tokenize_records,
     topk_targets,
+    train_stages,
 )
-from promptintern.errors import ConfigError
-from promptintern.schedule import Schedule, StagePoint
-from promptintern.stages import Stage, build_stages, load_stages, save_stages
-from promptintern.trainer import LoraArgs, PadCollator, TrainArgs, tokenize_records, train_stages
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_stages import ToyTask, make_instances, neighbours_of, toy_template_at  # noqa: E402
@@ -289,7 +292,7 @@ def test_kl_options_are_validated(tmp_path):
 
 def test_ce_fingerprints_ignore_the_kl_fields():
     from promptintern.config import RunConfig
-    from promptintern.trainer import train_record
+    from promptintern.training import train_record
 
     stages = toy_stages(1, 2)
     a = train_record(stages, "tiny-random", LoraArgs(), TrainArgs())

@@ -11,10 +11,11 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from pipeline_fixtures import tiny_run_config, write_config
+from promptintern.args import LoraArgs, TrainArgs
 from promptintern.cli import main
 from promptintern.configtools import from_dict
 from promptintern.errors import ConfigError
-from promptintern.trainer import LoraArgs, TrainArgs, train_stages
+from promptintern.training import train_stages
 from train_fixtures import toy_args, toy_stages
 
 

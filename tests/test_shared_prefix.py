@@ -9,10 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from promptintern.distill import answer_logits, answer_mask
+from promptintern.args import LoraArgs
 from promptintern.errors import ConfigError
-from promptintern.shared_prefix import MIN_PREFIX_TOKENS, SharedPrefixUnsupported, shared_prefix_length
-from promptintern.trainer import LoraArgs, PadCollator, tokenize_records
+from promptintern.training import PadCollator, answer_logits, answer_mask, tokenize_records
+from promptintern.training.shared_prefix import (
+    MIN_PREFIX_TOKENS,
+    SharedPrefixUnsupported,
+    shared_prefix_length,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_fixtures import tiny_lora_model, toy_stages  # noqa: E402
@@ -158,7 +162,7 @@ def test_training_uses_it_and_reports_tokens(tmp_path):
     the shared prefix under transformers' activation checkpointing (train.extra)."""
     import json
 
-    from promptintern.trainer import train_stages
+    from promptintern.training import train_stages
     from train_fixtures import toy_args
 
     losses = {}

@@ -17,13 +17,12 @@ from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from promptintern.args import LoraArgs, TrainArgs
 from promptintern.errors import ConfigError, RunDirError
 from promptintern.identity import identity_view
 from promptintern.prompt import IGNORE_INDEX
-from promptintern.trainer import (
-    LoraArgs,
+from promptintern.training import (
     PadCollator,
-    TrainArgs,
     answer_loss,
     checkpoint_problem,
     latest_checkpoint,
@@ -116,7 +115,7 @@ def test_answer_logits_through_a_wrapper_whose_forward_takes_no_mask(tiny_model)
     """Answer-only logits come from a hook on the LM head, not from a boolean ``logits_to_keep``
     (transformers 5.17 raises IndexError on one): a DDP-like wrapper with a plain forward works,
     the rows equal the full logits at the answer positions, and the hook is gone afterwards."""
-    from promptintern.distill import answer_logits, answer_mask
+    from promptintern.training import answer_logits, answer_mask
 
     model, tok = tiny_model
 
@@ -220,7 +219,7 @@ def test_optimizer_state_keep_carries_adam_moments(tmp_path):
 
 def test_run_schedule_is_one_schedule_entered_part_way():
     """Stages of 3 and 5 steps under one schedule see the LRs of a single 8-step schedule."""
-    from promptintern.training.hf import run_schedule
+    from promptintern.training import run_schedule
 
     def lrs(offset: int, steps: int, total: int) -> list[float]:
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
@@ -356,7 +355,7 @@ def test_damaged_checkpoint_falls_back_and_says_so(killed_in_stage_1, reference_
     for name in damaged:  # cut short, as by a full disk
         opt = stage1 / name / "optimizer.pt"
         opt.write_bytes(opt.read_bytes()[: opt.stat().st_size // 2])
-    with caplog.at_level(logging.WARNING, logger="promptintern.trainer"):
+    with caplog.at_level(logging.WARNING, logger="promptintern.training"):
         train_stages(toy_stages(), model_name="tiny-random", lora=LoraArgs(), args=toy_args(), run_dir=run_dir,
                      resume=True)
     assert (f"stage 2/3: checkpoint-4 cannot be resumed from (optimizer.pt does not match its checksum "

@@ -18,9 +18,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from promptintern.args import LoraArgs, TrainArgs
 from promptintern.config import RunConfig
 from promptintern.errors import ConfigError
-from promptintern.trainer import LoraArgs, PadCollator, TrainArgs, answer_loss, tokenize_records, train_stages
+from promptintern.training import PadCollator, answer_loss, tokenize_records, train_stages
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_fixtures import ROOT, tiny_run_config, write_config  # noqa: E402
@@ -76,7 +77,7 @@ def _direct_loss(final: Path, records, batch_size: int) -> float:
     from peft import get_peft_model
 
     from promptintern.models import load_model
-    from promptintern.trainer import _load_adapter_weights
+    from promptintern.training.loop import _load_adapter_weights
 
     base, tok = load_model("tiny-random", device="cpu")
     model = get_peft_model(base, LoraArgs().to_peft())

@@ -15,8 +15,8 @@ import signal
 import sys
 from pathlib import Path
 
+from promptintern.args import LoraArgs, TrainArgs
 from promptintern.stages import Stage, StageRecord
-from promptintern.trainer import LoraArgs, TrainArgs
 
 TEMPLATE = "Instruction: add the two numbers of the request and answer with the sum only. " * 3
 
@@ -80,7 +80,7 @@ def adapter_hash(model) -> str:
 def main(argv: list[str] | None = None) -> int:
     from transformers import TrainerCallback
 
-    from promptintern.trainer import train_stages
+    from promptintern.training import train_stages
 
     p = argparse.ArgumentParser()
     p.add_argument("run_dir", type=Path)

@@ -83,7 +83,7 @@ def volatile_fields(cls: type) -> frozenset[str]:
 
 def check_extra(where: str, extra: dict[str, Any], ours: dict[str, str], reserved: Sequence[str]) -> None:
     """Refuse passthrough keys that promptintern exposes or sets itself (values are checked by
-    the library the keys belong to, when the run is checked: see ``promptintern.trainer``)."""
+    the library the keys belong to, when the run is checked: see ``promptintern.training.hf``)."""
     for key in extra:
         if key in ours:
             raise ConfigError(f"{where}.{key}: set it as {ours[key]} instead")

@@ -11,7 +11,7 @@ output exists):
     run_dir/config.yaml         the resolved config
     run_dir/retriever/          persisted retrieval index
     run_dir/stages/stage-i.jsonl  stage datasets; fingerprints in run_dir/stages/fingerprints.json
-    run_dir/train/...           checkpoints (see promptintern.trainer); run_dir/adapter/ the result
+    run_dir/train/...           checkpoints (see promptintern.training.loop); run_dir/adapter/ the result
     run_dir/predictions/<name>.jsonl  predictions of each served system
     run_dir/metrics.json, report.md, plots/*.png
 """
@@ -207,7 +207,7 @@ def check(cfg: RunConfig) -> Checked:
         raise ConfigError(f"k={k_max} examples requested but the training pool has only {len(train)} instances")
     load_tokenizer(cfg.model)  # unknown names and unreachable hub ids fail here, before any write
     if p.trains:
-        from .trainer import check_passthrough
+        from .training.hf import check_passthrough
 
         check_passthrough(cfg.train, cfg.lora)  # train.extra / lora.extra, checked by transformers and peft
     teacher = load_teacher_rows(cfg.data.teacher_answers, task, train, cfg.data_dir)  # refused before any write
@@ -334,11 +334,11 @@ def process_state(cfg: RunConfig) -> Any:
 
 
 def _train(prep: Prepared, run_dir: Path, resume: bool) -> Path | None:
-    from .trainer import train_stages
+    from .training.loop import train_stages
 
     if not prep.plan.trains:
         return None
-    from .trainer import adapter_problem
+    from .training.checkpoints import adapter_problem
 
     final = run_dir / "adapter"
     if final.is_dir() and adapter_problem(final) is None:

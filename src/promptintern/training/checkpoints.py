@@ -2,7 +2,7 @@
 checkpoint an unfinished stage resumes from (verified before use) and what it carries over.
 
 Layout (written by the main process only; files and directories atomically): see
-:mod:`promptintern.trainer`.
+:mod:`promptintern.training.loop`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..args import LoraArgs, TrainArgs
 from ..checksums import directory_problem, format_problem, has_checksums
 from ..errors import RunDirError
@@ -25,7 +23,7 @@ from ..identity import as_json, describe_differences, identity_view, model_ident
 from ..io import read_json, write_json
 from ..stages import Stage, record_row
 
-logger = logging.getLogger("promptintern.trainer")  # one logger name for all training messages
+logger = logging.getLogger("promptintern.training")  # one logger name for all training messages
 
 DONE_FILE = "DONE.json"
 _RANK_NAME = re.compile(r"rng_state_\d+\.pth")  # not in a checkpoint's checksums: checked by format
@@ -177,6 +175,8 @@ def _check_run_dir(train_dir: Path, adapter_dir: Path, record: dict, resume: boo
 
 def _barrier() -> None:
     """Wait for every process (a no-op in a single process)."""
+    import torch  # here: the run directory's bookkeeping is read without torch (the pipeline, compare)
+
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
 

@@ -1,22 +1,48 @@
-"""Logits at answer positions only, and the answer-only cross-entropy of plain training.
+"""The training losses: answer-only logits, the cross-entropy of plain training, and the KL to a teacher.
 
-Both plain training and the KL losses (:mod:`promptintern.distill`) compute the LM head at the
-answer positions only (a pre-hook on the head keeps those rows): over a 49k vocabulary the head
-at every prompt position is a large, useless share of a step.
+Every loss computes the LM head at the answer positions only (a pre-hook on the head keeps those
+rows): over a 49k vocabulary the head at every prompt position is a large, useless share of a step.
+
+The KL losses (``kl``, ``ce+kl``) distil a teacher that sees the stage-0 prompt into the student
+that sees the stage's prompt, on the same gold answer (the teacher: :mod:`.teacher`). They live
+here, beside the cross-entropy they mix with; the teacher module imports this one (for the
+answer-only logits and the targets' form), so the loss takes any object with the teacher's
+``targets`` and ``temperature`` (:class:`TargetSource`) rather than importing the teacher back.
+
+Estimator (a KL between coarse-grained distributions). Per answer position, with
+``p = softmax(z_teacher / T)`` and ``q = softmax(z_student / T)``, let ``S`` be the teacher's
+``kl_topk`` most likely tokens and ``R`` the rest of the vocabulary, one bucket::
+
+    KL_k = Σ_{i∈S} p_i log(p_i / q_i) + p_R log(p_R / q_R),   p_R = Σ_{i∉S} p_i,  q_R = Σ_{i∉S} q_i
+
+The teacher keeps only its top-k logits and the logsumexp of the others (``p_R`` is exact, not
+``1 − Σ p_S``); the student's logits exist in full at the answer positions anyway (the CE term
+needs them), so ``q_R`` is exact too. By the log-sum inequality ``0 ≤ KL − KL_k =
+p_R · KL(p|R ‖ q|R)``: the estimate never exceeds the full KL, misses only the mismatch
+*inside* the tail, is exact when k covers the vocabulary, and grows towards the full KL as k
+grows (the top-k sets are nested). The loss is ``T² · KL_k`` summed over answer tokens and
+divided like the cross-entropy (answer tokens of the accumulated batch), so gradients keep
+their scale across temperatures (Hinton et al.).
+
+Memory: the LM head runs at the answer positions only for both models, so no full-vocabulary
+logits exist for prompt positions; the teacher's answer-position logits are reduced to top-k +
+tail logsumexp chunk by chunk and freed.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import ModelError
+from ..args import KL_LOSSES
+from ..errors import ConfigError, DataError, ModelError
 from ..prompt import IGNORE_INDEX
-from ..shared_prefix import (
+from .shared_prefix import (
     BatchTokens,
     SharedPrefixUnsupported,
     check_mode,
@@ -71,7 +97,7 @@ def answer_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
     """LM-head logits at the answer positions only, flattened row by row ``[N, V]``, and their targets ``[N]``.
 
     ``shared_prefix`` (auto | on | off): run the tokens all rows share once (see
-    :mod:`promptintern.shared_prefix`); ``auto`` falls back to the plain pass where unsupported.
+    :mod:`.shared_prefix`); ``auto`` falls back to the plain pass where unsupported.
     ``tokens``, when given, receives this batch's token accounting (padding, shared prefix).
     """
     keep = answer_mask(labels)
@@ -110,3 +136,126 @@ def answer_loss(model: Any, inputs: dict[str, torch.Tensor], num_items_in_batch:
     total = F.cross_entropy(logits.float(), targets, reduction="sum")
     count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
     return total / count
+
+
+# ---------------------------------------------------------------- the KL estimator
+
+_TOPK_CHUNK = 1024  # answer positions reduced to top-k at a time (bounds the temporary [chunk, V] copies)
+
+
+@dataclass
+class TeacherTargets:
+    """The teacher's reduced distribution at N answer positions (see the module docstring)."""
+
+    indices: torch.Tensor  # [N, k] int64: the teacher's top-k token ids
+    logits: torch.Tensor  # [N, k] float32: their logits divided by T
+    tail_lse: torch.Tensor  # [N] float32: logsumexp of the other logits / T (-inf when k = V)
+
+    def __len__(self) -> int:
+        return self.indices.shape[0]
+
+    def to(self, device: Any) -> TeacherTargets:
+        return TeacherTargets(self.indices.to(device), self.logits.to(device), self.tail_lse.to(device))
+
+    def split(self, sizes: Sequence[int]) -> list[TeacherTargets]:
+        parts = zip(self.indices.split(list(sizes)), self.logits.split(list(sizes)),
+                    self.tail_lse.split(list(sizes)), strict=True)
+        return [TeacherTargets(i, v, t) for i, v, t in parts]
+
+    @staticmethod
+    def cat(parts: Sequence[TeacherTargets]) -> TeacherTargets:
+        return TeacherTargets(torch.cat([p.indices for p in parts]), torch.cat([p.logits for p in parts]),
+                              torch.cat([p.tail_lse for p in parts]))
+
+
+@torch.no_grad()
+def topk_targets(logits: torch.Tensor, k: int, temperature: float) -> TeacherTargets:
+    """Reduce teacher logits ``[N, V]`` to top-k logits / T plus the logsumexp of the rest."""
+    k = min(k, logits.shape[-1])
+    idx, vals, tails = [], [], []
+    for part in logits.split(_TOPK_CHUNK):
+        z = part.float() / temperature
+        v, i = z.topk(k, dim=-1)
+        if k < z.shape[-1]:
+            tail = z.scatter(-1, i, float("-inf")).logsumexp(-1)
+        else:
+            tail = torch.full(z.shape[:1], float("-inf"), device=z.device)
+        idx.append(i)
+        vals.append(v)
+        tails.append(tail)
+    if not idx:  # no answer position
+        empty = logits.new_empty((0, k), dtype=torch.float32)
+        return TeacherTargets(empty.long(), empty, empty.new_empty((0,)))
+    return TeacherTargets(torch.cat(idx), torch.cat(vals), torch.cat(tails))
+
+
+def bucket_kl(student_logits: torch.Tensor, targets: TeacherTargets, temperature: float) -> torch.Tensor:
+    """``KL_k(p_teacher ‖ q_student)`` per answer position ``[N]`` (not yet scaled by T²).
+
+    Both normalisers are assembled the same way (top-k logsumexp ⊕ tail logsumexp), so equal
+    logits give exactly zero.
+    """
+    s = student_logits.float() / temperature
+    idx = targets.indices
+    s_top = s.gather(-1, idx)
+    log_p_top_unnorm = targets.logits
+    if idx.shape[-1] < s.shape[-1]:
+        s_tail = s.scatter(-1, idx, float("-inf")).logsumexp(-1)
+        lse_s = torch.logaddexp(s_top.logsumexp(-1), s_tail)
+        lse_t = torch.logaddexp(log_p_top_unnorm.logsumexp(-1), targets.tail_lse)
+        log_q_tail, log_p_tail = s_tail - lse_s, targets.tail_lse - lse_t
+        tail = log_p_tail.exp() * (log_p_tail - log_q_tail)
+    else:  # k covers the vocabulary: no tail bucket
+        lse_s, lse_t = s_top.logsumexp(-1), log_p_top_unnorm.logsumexp(-1)
+        tail = torch.zeros_like(lse_s)
+    log_q_top = s_top - lse_s[:, None]
+    log_p_top = log_p_top_unnorm - lse_t[:, None]
+    return (log_p_top.exp() * (log_p_top - log_q_top)).sum(-1) + tail
+
+
+# ---------------------------------------------------------------- the KL stage losses
+
+
+class TargetSource(Protocol):
+    """What the KL losses need of a teacher (:class:`.teacher.Teacher`): its targets for a batch."""
+
+    temperature: float
+
+    def targets(self, student: Any, inputs: dict[str, torch.Tensor]) -> TeacherTargets: ...
+
+
+@dataclass
+class LossParts:
+    """The summed (not yet normalised) terms of one batch."""
+
+    ce: torch.Tensor
+    kl: torch.Tensor  # T²-scaled
+    n_tokens: int
+
+
+def distill_loss(model: Any, teacher: TargetSource, inputs: dict[str, torch.Tensor], *, loss: str,
+                 kl_weight: float, student: Any = None, num_items_in_batch: Any = None,
+                 shared_prefix: str = "off", tokens: list[BatchTokens] | None = None,
+                 ) -> tuple[torch.Tensor, LossParts]:
+    """``kl`` = T²·KL_k, ``ce+kl`` = (1 − λ)·CE + λ·T²·KL_k, per answer token of the accumulated batch.
+
+    ``model`` is the (possibly DDP-wrapped) student; ``student`` its unwrapped module for a
+    self-teacher (default: ``model``).
+    """
+    if loss not in KL_LOSSES:
+        raise ConfigError(f"train.loss: {loss!r} is not one of {', '.join(KL_LOSSES)}")
+    logits, targets = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
+                                    shared_prefix=shared_prefix, tokens=tokens)
+    t = teacher.targets(student if student is not None else model, inputs)
+    if len(t) != logits.shape[0]:
+        raise DataError(f"teacher and student disagree on the answer length ({len(t)} vs {logits.shape[0]} tokens)")
+    temp = teacher.temperature
+    kl = bucket_kl(logits, t, temp).sum() * (temp * temp)
+    if loss == "kl":
+        ce = logits.new_zeros((), dtype=torch.float32)
+        total = kl
+    else:
+        ce = F.cross_entropy(logits.float(), targets, reduction="sum")
+        total = (1.0 - kl_weight) * ce + kl_weight * kl
+    count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
+    return total / count, LossParts(ce.detach(), kl.detach(), targets.numel())

@@ -36,8 +36,8 @@ from typing import Any
 
 import torch
 
-from .args import SHARED_PREFIX_MODES
-from .errors import ConfigError
+from ..args import SHARED_PREFIX_MODES
+from ..errors import ConfigError
 
 MIN_PREFIX_TOKENS = 32  # below this, two forward passes cost more than they save
 

@@ -1,4 +1,4 @@
-"""Progressive LoRA training: one adapter, trained stage after stage.
+"""The stage loop of progressive LoRA training: one adapter, trained stage after stage.
 
 PromptIntern fine-tunes a single LoRA adapter on a sequence of stage datasets whose prompts
 shrink (template compressed, fewer examples) until only the query is left. Each stage is one
@@ -7,8 +7,8 @@ with, so logging (``report_to``), gradient accumulation, checkpoints and multi-p
 come from the library: ``torchrun --nproc_per_node N`` or ``accelerate launch --multi_gpu``
 (data parallel; gloo on a machine without CUDA).
 
-This module is the stage loop; its parts live in :mod:`promptintern.training` (records to
-tokens, the loss, the Hugging Face glue, the checkpoint bookkeeping), re-exported here.
+This module is the stage loop; its parts are the other modules of :mod:`promptintern.training`
+(records to tokens, the losses, the teacher, the Hugging Face glue, the checkpoint bookkeeping).
 
 Run directory (written by the main process only; files and directories atomically)::
 
@@ -25,7 +25,7 @@ Run directory (written by the main process only; files and directories atomicall
 Each checkpoint, final/ and adapter/ holds ``checksums.json`` (:mod:`promptintern.checksums`),
 verified before a resume builds on it: a damaged checkpoint is passed over for an older one, a
 damaged final/ trains its stage again, a damaged adapter/ is copied again from the last final/.
-SIGTERM / SIGINT save a checkpoint at the current step and stop (:mod:`.training.stop`).
+SIGTERM / SIGINT save a checkpoint at the current step and stop (:mod:`.stop`).
 
 Resume (``resume=True``) skips the stages whose ``final/DONE.json`` exists, loads the adapter
 of the last of them, and continues the first unfinished stage from its latest complete
@@ -41,7 +41,7 @@ Choices (ours; the paper does not say):
   time on CPU, more as prompts grow). The sum is divided by the number of
   answer tokens in the whole accumulated (and, with several processes, global) batch, like
   transformers' own loss.
-- Losses ``kl`` and ``ce+kl`` (beyond the paper, see ``promptintern.distill``): distil a
+- Losses ``kl`` and ``ce+kl`` (beyond the paper, see :mod:`.loss` and :mod:`.teacher`): distil a
   teacher that sees the stage-0 prompt into the student that sees the stage's prompt, on the
   same gold answer: ``kl`` = T²·KL_k(teacher ‖ student), ``ce+kl`` = (1 − λ)·CE + λ·T²·KL_k
   (a convex mix, so the gradient scale and the tuned learning rate stay those of CE). The
@@ -74,27 +74,13 @@ from typing import Any
 
 import torch
 
-from .args import (  # noqa: F401  (re-exported: the argument classes lived here before args.py)
-    KL_FIELDS,
-    KL_LOSSES,
-    LOSSES,
-    OPTIMIZER_STATES,
-    PER_STAGE_FIELDS,
-    SELF_TEACHER,
-    LoraArgs,
-    TrainArgs,
-    volatile_fields,
-)
-from .checksums import write_checksums
-from .distill import CACHE_DIR, Teacher, TeacherCache, load_frozen_teacher, teacher_fingerprint
-from .errors import ConfigError, DataError, ModelError, RunDirError, Stopped, disk_full_is_one_line
-from .io import atomic_dir, write_json
-from .shared_prefix import token_summary
-from .stages import Stage, StageRecord
-from .training.checkpoints import (  # noqa: F401  (re-exported)
-    CARRY_KEY,
+from ..args import SELF_TEACHER, LoraArgs, TrainArgs
+from ..checksums import write_checksums
+from ..errors import ConfigError, DataError, ModelError, RunDirError, Stopped, disk_full_is_one_line
+from ..io import atomic_dir, write_json
+from ..stages import Stage, StageRecord
+from .checkpoints import (
     DONE_FILE,
-    WALL_FILE,
     _barrier,
     _check_run_dir,
     _checkpoint_step,
@@ -103,30 +89,17 @@ from .training.checkpoints import (  # noqa: F401  (re-exported)
     _write_history,
     adapter_problem,
     checkpoint_carry,
-    checkpoint_problem,
-    latest_checkpoint,
-    stage_done,
     stage_label,
     train_record,
 )
-from .training.data import PadCollator, tokenize_records  # noqa: F401  (re-exported)
-from .training.hf import (  # noqa: F401  (re-exported)
-    _make_progress,
-    _make_trainer_class,
-    _progress_callback_class,
-    _training_arguments,
-    check_passthrough,
-    resolve_dtype,
-)
-from .training.loss import answer_loss  # noqa: F401  (re-exported)
-from .training.stop import StopRequest, stop_callback, stop_requests
-from .training.validation import early_stopping, stage_validation, stop_record
+from .data import PadCollator, tokenize_records
+from .hf import StageProgress, StageTrainer, _make_progress, _training_arguments, resolve_dtype
+from .shared_prefix import token_summary
+from .stop import StopRequest, stop_callback, stop_requests
+from .teacher import CACHE_DIR, Teacher, TeacherCache, load_frozen_teacher, teacher_fingerprint
+from .validation import early_stopping, stage_validation, stop_record
 
-logger = logging.getLogger(__name__)
-
-# TrainArgs fields that may change between a run and its resume: they do not change the weights.
-VOLATILE_FIELDS = volatile_fields(TrainArgs)
-
+logger = logging.getLogger("promptintern.training")  # one logger name for all training messages
 
 def _load_adapter_weights(model: Any, adapter_dir: Path) -> None:
     from peft import set_peft_model_state_dict
@@ -195,14 +168,14 @@ def _train_stage(
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     carry = checkpoint_carry(checkpoint)
     before_s = float(carry.get("train_wall_s", 0.0))
-    trainer = _make_trainer_class()(
+    trainer = StageTrainer(
         model=sess.model,
         args=_training_arguments(args, sdir, sess.seed + stage.index, sess.use_cpu, sess.bf16, sess.world,
                                  select_best=select_best),
         train_dataset=data,
         eval_dataset=val_data if select_best else None,
         data_collator=PadCollator(pad_id),
-        callbacks=[_progress_callback_class()(sess.progress, label), stop_callback(sess.stop),
+        callbacks=[StageProgress(sess.progress, label), stop_callback(sess.stop),
                    *early_stopping(args.early_stopping_patience), *sess.callbacks],
         loss=args.loss,
         optimizer_state=optimizer_state if args.optimizer_state == "keep" else None,
@@ -309,7 +282,7 @@ def train_stages(
     from peft import get_peft_model
     from transformers import set_seed
 
-    from .models import load_model, set_cpu_threads
+    from ..models import load_model, set_cpu_threads
 
     if not stages:
         raise ConfigError("no stages to train")
@@ -385,8 +358,3 @@ def train_stages(
         _raise_if_stopped(stop, "after training")
     return adapter_dir
 
-
-__all__ = [
-    "LoraArgs", "TrainArgs", "PadCollator", "answer_loss", "latest_checkpoint", "stage_done",
-    "tokenize_records", "train_record", "train_stages",
-]
