@@ -23,6 +23,7 @@ from promptintern.training import (
     Teacher,
     TeacherCache,
     answer_logits,
+    answer_loss,
     bucket_kl,
     distill_loss,
     load_frozen_teacher,
@@ -338,3 +339,41 @@ def test_pipeline_gives_a_query_only_student_the_full_prompt_teacher(tmp_path):
     assert rec.messages[-1]["content"].startswith("Question: ")  # the student: the query alone
     teacher_turn = rec.teacher_messages[-1]["content"]
     assert len(teacher_turn) > 5 * len(rec.messages[-1]["content"]) and teacher_turn.endswith(rec.messages[-1]["content"])
+
+
+# ---------------------------------------------------------------- gold pairs and a teacher's rows in one batch
+
+
+def test_a_mixed_batch_is_ce_on_the_gold_rows_plus_kl_on_the_teachers_rows(student, frozen_teacher):
+    """Rows of data.teacher_answers learn by KL to the teacher, gold pairs by CE, in the same batch: the
+    loss is the sum of what each group gives alone, and the teacher runs on its rows only."""
+    model, tok = student
+    records = with_teacher(toy_stages(3, 4))[2].records
+    gold = [replace(r, teacher_messages=None) for r in records[:2]]
+    taught = [replace(r, from_teacher=True) for r in records[2:]]
+    data, dropped = tokenize_records([*gold, *taught], tok, 4096, with_teacher=False, teacher_rows_kl=True)
+    assert not dropped and [("teacher_input_ids" in d, d.get("from_teacher")) for d in data] == \
+        [(False, None), (False, None), (True, 1), (True, 1)]
+    batch = PadCollator(tok.pad_token_id)(data)
+    assert batch["kl_rows"].tolist() == [False, False, True, True] and batch["teacher_input_ids"].shape[0] == 2
+    teacher = Teacher(frozen_teacher, 64, 2.0)
+    with torch.no_grad():
+        mixed, parts = distill_loss(model, teacher, batch, loss="ce", kl_weight=0.5, rows_loss="kl")
+        gold_batch = PadCollator(tok.pad_token_id)(tokenize_records(gold, tok, 4096)[0])
+        ce_alone = answer_loss(model, gold_batch)
+        kl_alone, kl_parts = distill_loss(model, Teacher(frozen_teacher, 64, 2.0), batch_of(taught, tok),
+                                          loss="kl", kl_weight=0.5)
+    n_gold = int((gold_batch["labels"] != -100).sum())
+    assert teacher.rows_computed == 2  # the teacher ran on its own two rows only
+    assert parts.ce_tokens == n_gold and parts.kl_tokens == kl_parts.n_tokens
+    torch.testing.assert_close(mixed * parts.n_tokens, ce_alone * n_gold + kl_alone * kl_parts.n_tokens,
+                               rtol=1e-5, atol=1e-5)
+    # The same rows learned by CE on the teacher's text: plain cross-entropy over the whole batch.
+    data, _ = tokenize_records([*gold, *taught], tok, 4096, with_teacher=False, teacher_rows_kl=False)
+    batch = PadCollator(tok.pad_token_id)(data)
+    assert "teacher_input_ids" not in batch and batch["from_teacher"].tolist() == [False, False, True, True]
+    with torch.no_grad():
+        as_ce, parts = distill_loss(model, teacher, batch, loss="ce", kl_weight=0.5, rows_loss="ce")
+        plain = answer_loss(model, PadCollator(tok.pad_token_id)(tokenize_records(records, tok, 4096)[0]))
+    torch.testing.assert_close(as_ce, plain, rtol=1e-5, atol=1e-6)
+    assert parts.kl_tokens == 0

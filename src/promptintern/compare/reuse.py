@@ -62,6 +62,7 @@ def reuse_stage0(plan: Plan, method: str, seed: int, log: Callable[[str], None])
     or None where it is not reused (not applicable, not finished, or a different training)."""
     from ..pipeline import open_run_dir, prepare
     from ..training.checkpoints import DONE_FILE, train_record
+    from ..training.teacher import frozen_teacher_fingerprint
 
     if not reusable(plan, method):
         return None
@@ -77,7 +78,8 @@ def reuse_stage0(plan: Plan, method: str, seed: int, log: Callable[[str], None])
     with locked_dir(run_dir):
         open_run_dir(cfg, resume=True, force=False)
         prep = prepare(cfg, run_dir)
-        record = train_record(prep.stages, cfg.model, cfg.lora, cfg.train)
+        record = train_record(prep.stages, cfg.model, cfg.lora, cfg.train,
+                              frozen_teacher_fingerprint(cfg.train, cfg.model))
         why = _same_stage0(read_json(src_train / "config.json"), record, ref_cfg, cfg)
         if why is not None:
             log(f"{method} seed {seed}: stage 0 differs from full-prompt FT's ({why}); trained")

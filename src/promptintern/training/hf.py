@@ -35,7 +35,8 @@ class StageTrainer(Trainer):
 
     def __init__(self, *args: Any, loss: str = "ce", optimizer_state: dict | None = None,
                  teacher: Teacher | None = None, kl_weight: float = 0.5, carry: dict | None = None,
-                 shared_prefix: str = "off", lr_span: tuple[int, int] | None = None, **kwargs: Any):
+                 shared_prefix: str = "off", lr_span: tuple[int, int] | None = None,
+                 rows_loss: str | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.lr_span = lr_span  # (steps of the stages before, steps of all stages) under lr_span 'run'
         # What a resumed stage takes over from its checkpoint (see _save_checkpoint).
@@ -47,6 +48,7 @@ class StageTrainer(Trainer):
         if loss in KL_LOSSES and teacher is None:
             raise ConfigError(f"train.loss: {loss!r} needs a teacher")
         self.loss_name = loss
+        self.rows_loss = rows_loss  # how the rows of data.teacher_answers learn (None: like the gold pairs)
         self.teacher, self.kl_weight = teacher, kl_weight
         self.shared_prefix = shared_prefix
         self.batch_tokens: list[BatchTokens] = []  # this stage's token accounting, this process
@@ -62,13 +64,14 @@ class StageTrainer(Trainer):
         if self.validating:  # answer-only CE whatever the training loss; this batch's mean, no token accounting
             loss = answer_loss(model, inputs, None, self.shared_prefix)
             return (loss, {"loss": loss}) if return_outputs else loss
-        if self.loss_name == "ce":
+        if self.teacher is None or (self.loss_name == "ce" and "kl_rows" not in inputs):
             loss = answer_loss(model, inputs, num_items_in_batch, self.shared_prefix, self.batch_tokens)
         else:
             loss, parts = distill_loss(model, self.teacher, inputs, loss=self.loss_name, kl_weight=self.kl_weight,
                                        student=self.accelerator.unwrap_model(model),
                                        num_items_in_batch=num_items_in_batch,
-                                       shared_prefix=self.shared_prefix, tokens=self.batch_tokens)
+                                       shared_prefix=self.shared_prefix, tokens=self.batch_tokens,
+                                       rows_loss=self.rows_loss)
             self.loss_parts.append(parts)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch is then the global count, while DDP averages gradients over processes.
@@ -85,11 +88,12 @@ class StageTrainer(Trainer):
             self.validating = False
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.loss_parts and "loss" in logs:  # per-token means of this process's terms
-            n = max(1, sum(p.n_tokens for p in self.loss_parts))
-            if self.loss_name == "ce+kl":
-                logs["ce"] = float(sum(p.ce for p in self.loss_parts)) / n
-            logs["kl"] = float(sum(p.kl for p in self.loss_parts)) / n
+        if self.loss_parts and "loss" in logs:  # per-token means of this process's terms, over the tokens each covers
+            n_ce, n_kl = sum(p.ce_tokens for p in self.loss_parts), sum(p.kl_tokens for p in self.loss_parts)
+            if n_ce:
+                logs["ce"] = float(sum(p.ce for p in self.loss_parts)) / n_ce
+            if n_kl:
+                logs["kl"] = float(sum(p.kl for p in self.loss_parts)) / n_kl
             self.loss_parts = []
         super().log(logs, start_time)
 

@@ -74,7 +74,7 @@ from typing import Any
 
 import torch
 
-from ..args import SELF_TEACHER, LoraArgs, TrainArgs
+from ..args import KL_LOSSES, SELF_TEACHER, LoraArgs, TrainArgs
 from ..checksums import write_checksums
 from ..errors import ConfigError, DataError, ModelError, RunDirError, Stopped, disk_full_is_one_line
 from ..io import atomic_dir, write_json
@@ -92,11 +92,11 @@ from .checkpoints import (
     stage_label,
     train_record,
 )
-from .data import PadCollator, tokenize_records
+from .data import PadCollator, needs_teacher, tokenize_records
 from .hf import StageProgress, StageTrainer, _make_progress, _training_arguments, resolve_dtype
 from .shared_prefix import token_summary
 from .stop import StopRequest, stop_callback, stop_requests
-from .teacher import CACHE_DIR, Teacher, TeacherCache, load_frozen_teacher, teacher_fingerprint
+from .teacher import CACHE_DIR, Teacher, TeacherCache, frozen_teacher_fingerprint, load_frozen_teacher
 from .validation import early_stopping, stage_validation, stop_record
 
 logger = logging.getLogger("promptintern.training")  # one logger name for all training messages
@@ -152,7 +152,8 @@ def _train_stage(
     from transformers import PrinterCallback
 
     sdir = _stage_dir(sess.train_dir, stage.index)
-    data, dropped = tokenize_records(stage.records, sess.tokenizer, args.max_length, with_teacher=args.uses_teacher())
+    data, dropped = tokenize_records(stage.records, sess.tokenizer, args.max_length,
+                                     with_teacher=args.loss in KL_LOSSES, teacher_rows_kl=_teacher_rows_kl(args))
     if dropped:
         logger.warning("%s: dropped %d of %d records longer than max_length=%d tokens (first: %s)",
                        label, len(dropped), len(stage.records), args.max_length, dropped[0])
@@ -184,6 +185,7 @@ def _train_stage(
         carry=carry,
         shared_prefix=args.shared_prefix,
         lr_span=lr_span,
+        rows_loss=args.teacher_rows_loss,
     )
     trainer.remove_callback(PrinterCallback)
     teacher_before = sess.teacher.stats() if sess.teacher is not None else None
@@ -244,11 +246,18 @@ def _lr_spans(stage_args: Sequence[TrainArgs]) -> list[tuple[int, int]]:
     return [(sum(steps[:i]), sum(steps)) for i in range(len(steps))]
 
 
-def _check_teacher_prompts(stages: Sequence[Stage], loss: str) -> None:
+def _teacher_rows_kl(args: TrainArgs) -> bool | None:
+    """How the rows of data.teacher_answers learn: by KL (True), by CE (False), like the gold pairs (None)."""
+    return None if args.teacher_rows_loss is None else args.teacher_rows_loss == "kl"
+
+
+def _check_teacher_prompts(stages: Sequence[Stage], args: TrainArgs) -> None:
     for s in stages:
-        missing = next((r for r in s.records if r.teacher_messages is None), None)
+        missing = next((r for r in s.records if r.teacher_messages is None
+                        and needs_teacher(r, args.loss in KL_LOSSES, _teacher_rows_kl(args))), None)
         if missing is not None:
-            raise ConfigError(f"train.loss {loss!r} needs teacher prompts, but stage {s.index} record {missing.id!r} "
+            what = "train.teacher_rows_loss 'kl'" if missing.from_teacher else f"train.loss {args.loss!r}"
+            raise ConfigError(f"{what} needs teacher prompts, but stage {s.index} record {missing.id!r} "
                               "has none (build the stages with a teacher_point)")
 
 
@@ -297,14 +306,14 @@ def train_stages(
     stage_args = [args.for_stage(s.index) for s in stages]
     spans = _lr_spans(stage_args) if args.lr_span == "run" else [None] * len(stages)
     if args.uses_teacher():
-        _check_teacher_prompts(stages, args.loss)
+        _check_teacher_prompts(stages, args)
     run_dir = Path(run_dir)
     train_dir, adapter_dir = run_dir / "train", run_dir / "adapter"
     if args.num_threads:
         set_cpu_threads(args.num_threads)
 
     frozen = args.uses_teacher() and args.teacher != SELF_TEACHER
-    teacher_fp = teacher_fingerprint(args.teacher, model_name) if frozen else None
+    teacher_fp = frozen_teacher_fingerprint(args, model_name)
     record = train_record(stages, model_name, lora, args, teacher_fp)
     _check_run_dir(train_dir, adapter_dir, record, resume, force)
     # accelerate treats a CUDA-less machine as multi-CPU only when asked for the CPU explicitly.

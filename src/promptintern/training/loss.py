@@ -226,36 +226,83 @@ class TargetSource(Protocol):
 
 @dataclass
 class LossParts:
-    """The summed (not yet normalised) terms of one batch."""
+    """The summed (not yet normalised) terms of one batch and the answer tokens each term covers."""
 
     ce: torch.Tensor
     kl: torch.Tensor  # T²-scaled
     n_tokens: int
+    ce_tokens: int = 0
+    kl_tokens: int = 0
+
+
+def _term_weights(loss: str, kl_weight: float) -> tuple[float, float]:
+    """(CE weight, KL weight) of an answer token learned by ``loss``."""
+    return {"ce": (1.0, 0.0), "kl": (0.0, 1.0), "ce+kl": (1.0 - kl_weight, kl_weight)}[loss]
 
 
 def distill_loss(model: Any, teacher: TargetSource, inputs: dict[str, torch.Tensor], *, loss: str,
                  kl_weight: float, student: Any = None, num_items_in_batch: Any = None,
                  shared_prefix: str = "off", tokens: list[BatchTokens] | None = None,
-                 ) -> tuple[torch.Tensor, LossParts]:
+                 rows_loss: str | None = None) -> tuple[torch.Tensor, LossParts]:
     """``kl`` = T²·KL_k, ``ce+kl`` = (1 − λ)·CE + λ·T²·KL_k, per answer token of the accumulated batch.
 
     ``model`` is the (possibly DDP-wrapped) student; ``student`` its unwrapped module for a
-    self-teacher (default: ``model``).
+    self-teacher (default: ``model``). A batch that holds rows of ``data.teacher_answers`` or rows
+    without a teacher prompt (the collator's ``kl_rows``) is scored per row: the gold pairs by
+    ``loss`` (here also ``ce``), the teacher's rows by ``rows_loss`` (None: like the gold pairs),
+    and the teacher runs on the rows that need its logits only.
     """
-    if loss not in KL_LOSSES:
+    if loss not in (*KL_LOSSES, "ce") or (loss == "ce" and "kl_rows" not in inputs):
         raise ConfigError(f"train.loss: {loss!r} is not one of {', '.join(KL_LOSSES)}")
     logits, targets = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
                                     shared_prefix=shared_prefix, tokens=tokens)
+    count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
+    if "kl_rows" in inputs:
+        total, parts = _per_row_loss(logits, targets, teacher, student if student is not None else model, inputs,
+                                     _term_weights(loss, kl_weight), _term_weights(rows_loss or loss, kl_weight))
+        return total / count, parts
     t = teacher.targets(student if student is not None else model, inputs)
     if len(t) != logits.shape[0]:
         raise DataError(f"teacher and student disagree on the answer length ({len(t)} vs {logits.shape[0]} tokens)")
     temp = teacher.temperature
     kl = bucket_kl(logits, t, temp).sum() * (temp * temp)
+    n = targets.numel()
     if loss == "kl":
         ce = logits.new_zeros((), dtype=torch.float32)
         total = kl
-    else:
-        ce = F.cross_entropy(logits.float(), targets, reduction="sum")
-        total = (1.0 - kl_weight) * ce + kl_weight * kl
-    count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
-    return total / count, LossParts(ce.detach(), kl.detach(), targets.numel())
+        return total / count, LossParts(ce.detach(), kl.detach(), n, 0, n)
+    ce = F.cross_entropy(logits.float(), targets, reduction="sum")
+    total = (1.0 - kl_weight) * ce + kl_weight * kl
+    return total / count, LossParts(ce.detach(), kl.detach(), n, n, n)
+
+
+def _per_row_loss(logits: torch.Tensor, targets: torch.Tensor, teacher: TargetSource, student: Any,
+                  inputs: dict[str, torch.Tensor], gold: tuple[float, float], taught: tuple[float, float]
+                  ) -> tuple[torch.Tensor, LossParts]:
+    """The summed loss of a batch whose rows learn by different terms (see :func:`distill_loss`)."""
+    keep = answer_mask(inputs["labels"])[:, :-1]
+    rows = torch.arange(keep.shape[0], device=keep.device)[:, None].expand_as(keep)[keep]  # row of each answer token
+    kl_pos = inputs["kl_rows"].to(rows.device)[rows]
+    from_teacher = inputs["from_teacher"].to(rows.device)[rows]
+    w_ce = torch.where(from_teacher, taught[0], gold[0]).to(logits.device)
+    w_kl = torch.where(from_teacher, taught[1], gold[1]).to(logits.device)
+    if bool((w_kl[~kl_pos.to(w_kl.device)] > 0).any()):
+        raise DataError("a row learned by KL has no teacher prompt")
+    ce_tok = F.cross_entropy(logits.float(), targets, reduction="none")
+    ce_on = w_ce > 0
+    ce = (ce_tok * ce_on).sum()
+    total = (w_ce * ce_tok).sum()
+    kl = logits.new_zeros((), dtype=torch.float32)
+    n_kl = int(kl_pos.sum())
+    if n_kl:
+        t = teacher.targets(student, inputs)  # the collator padded the KL rows' teacher prompts only
+        if len(t) != n_kl:
+            raise DataError(f"teacher and student disagree on the answer length ({len(t)} vs {n_kl} tokens)")
+        temp = teacher.temperature
+        mask = kl_pos.to(logits.device)
+        kl_tok = bucket_kl(logits[mask], t, temp) * (temp * temp)
+        kl = kl_tok.sum()
+        total = total + (w_kl[mask] * kl_tok).sum()
+    return total, LossParts(ce.detach(), kl.detach(), targets.numel(), int(ce_on.sum()), n_kl)
+
+

@@ -51,6 +51,13 @@ def teacher_fingerprint(teacher: str, model_name: str) -> str:
     return adapter_identity(root, base_model=model_name) if kind == "adapter" else model_identity(root)
 
 
+def frozen_teacher_fingerprint(args: Any, model_name: str) -> str | None:
+    """The fingerprint of ``args``' frozen KL teacher (``train.teacher``), None when no frozen teacher is used."""
+    if not args.uses_teacher() or args.teacher == SELF_TEACHER:
+        return None
+    return teacher_fingerprint(args.teacher, model_name)
+
+
 def load_frozen_teacher(teacher: str, model_name: str, dtype: torch.dtype) -> Any:
     """The frozen teacher model (an adapter on the student's base, loaded as it is served:
     merged only where that is exact, see :func:`promptintern.inference.load_for_serving`),
