@@ -11,7 +11,7 @@ import pytest
 from pipeline_fixtures import SQL_TASK, tiny_run_config, write_config
 from promptintern.cli import main
 from promptintern.config import DataArgs, RunConfig
-from promptintern.configtools import from_dict
+from promptintern.configtools import from_dict, load_yaml
 from promptintern.errors import ConfigError, DataError, RunDirError
 from promptintern.schedule import StagePoint
 from promptintern.stages import build_stages
@@ -226,3 +226,43 @@ def test_the_mix_keeps_at_most_the_given_teacher_rows_per_labelled_pair():
     with pytest.raises(ConfigError, match="teacher_rows_per_pair"):
         DataArgs(teacher_rows_per_pair=0.0).validate()
     assert "teacher_rows_per_pair" not in RunConfig().identity()["data"]
+
+
+def test_a_run_config_names_the_new_queries_and_its_teacher_labels_them(tiny_model, tmp_path, capsys):
+    """`run` with a teacher_data section: the teacher run answers held-out training queries once, the
+    student learns them by KL to that teacher; a rerun labels nothing again; bad sections are one line."""
+    import promptintern.new_queries as nq
+
+    teacher_cfg = tiny_run_config(tmp_path / "teacher", method="full-prompt", schedule={"stages": 1, "k": 1},
+                                  baselines=[], infer={"max_new_tokens": 4, "batch_size": 4, "progress": False})
+    teacher_cfg["data"] = {"train_size": 8}
+    assert main(["train", str(write_config(tmp_path / "teacher.yaml", teacher_cfg))]) == 0
+    (tmp_path / "acceptall.py").write_text("def ok(query, answer):\n    return True\n")
+    student = tiny_run_config(tmp_path / "student", baselines=[],
+                              train={"max_steps_per_stage": 2, "per_device_batch_size": 2, "save_steps": 1,
+                                     "logging_steps": 1, "teacher_cache": True})
+    student["data"] = {"train_size": 8}
+    student["teacher_data"] = {"teacher": str(tmp_path / "teacher"), "from_train": 5, "check": "acceptall:ok"}
+    path = write_config(tmp_path / "student.yaml", student)
+    real = nq.filter_answers  # a random model never ends an answer: lift the length rule only (tested above)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(tmp_path))
+        mp.setattr(nq, "filter_answers", lambda rows, queries, cap, check: real(rows, queries, 10**9, check))
+        assert main(["run", str(path)]) == 0
+        assert "teacher answered 5, kept 5" in capsys.readouterr().err
+        answers = tmp_path / "student" / "teacher-data" / "answers.jsonl"
+        before = answers.stat().st_mtime_ns
+        assert main(["run", str(path), "--resume"]) == 0
+        assert answers.stat().st_mtime_ns == before and "teacher answered" not in capsys.readouterr().err
+    last = [json.loads(x) for x in (tmp_path / "student" / "stages" / "stage-1.jsonl").read_text().splitlines()]
+    taught = [r for r in last if r.get("from_teacher")]
+    assert len(taught) == 5 and all(r["teacher_messages"] for r in taught)  # KL to the teacher run's adapter
+    saved = load_yaml(str(tmp_path / "student" / "config.yaml"))
+    assert saved["train"]["teacher"] == str(tmp_path / "teacher" / "adapter")
+    assert saved["train"]["teacher_rows_loss"] == "kl"
+    for bad, message in (({"from_train": 5}, "name the run that answers"),
+                         ({"teacher": str(tmp_path), "from_train": 5}, "not a promptintern run directory")):
+        student["teacher_data"] = bad
+        assert main(["run", str(write_config(tmp_path / "bad.yaml", student))]) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -23,6 +24,7 @@ from .retrieve import RetrieveConfig
 from .schedule import Schedule
 from .stages import STAGE_MODES
 from .teacher_answers import TEACHER_STAGES
+from .teacher_data import TeacherDataArgs
 
 BASELINES = ("base-full", "base-query")
 
@@ -77,6 +79,7 @@ class RunConfig:
     train: TrainArgs = field(default_factory=TrainArgs, metadata={"help": "Optimisation per stage."})
     infer: InferArgs = field(default_factory=InferArgs, metadata={"help": "Generation."})
     eval: EvalArgs = field(default_factory=EvalArgs, metadata={"help": "Scoring."})
+    teacher_data: TeacherDataArgs = field(default_factory=TeacherDataArgs, metadata={"help": "New queries a teacher run answers with its own prompt, learned as data.teacher_answers (labelled once into run_dir/teacher-data/; replaces data.teacher_answers)."})
 
     def validate(self) -> None:
         bad = [b for b in self.baselines if b not in BASELINES]
@@ -87,9 +90,21 @@ class RunConfig:
         plan(self.method, self.schedule, self.compressed_tau)  # the schedule must end where the method is served
         self._validate_teacher_rows()
 
+    def identity_skip(self) -> tuple[str, ...]:
+        """``teacher_data`` when it has no sources (so runs made before it existed still resume)."""
+        return () if self.teacher_data.enabled else ("teacher_data",)
+
     def _validate_teacher_rows(self) -> None:
-        """``train.teacher_rows_loss`` goes with ``data.teacher_answers``; its default 'kl' needs a frozen teacher."""
-        if not self.data.teacher_answers:
+        """``train.teacher_rows_loss`` goes with teacher rows; its default 'kl' needs a frozen teacher, by
+        default the ``teacher_data`` run's adapter."""
+        if self.teacher_data.enabled:
+            if self.teacher_data.teacher is None:
+                raise ConfigError("teacher_data: name the run that answers the new queries (teacher_data.teacher)")
+            if self.train.teacher == SELF_TEACHER and self.train.teacher_rows_loss != "ce":
+                adapter = Path(self.teacher_data.teacher).expanduser() / "adapter"
+                if adapter.is_dir():
+                    self.train.teacher = str(adapter)
+        if not (self.data.teacher_answers or self.teacher_data.enabled):
             if self.train.teacher_rows_loss is not None:
                 raise ConfigError("train.teacher_rows_loss is set but data.teacher_answers is not: there are no "
                                   "teacher rows to learn")

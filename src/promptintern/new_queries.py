@@ -339,7 +339,7 @@ def label_queries(
         meta.unlink(missing_ok=True)
         raw.unlink(missing_ok=True)
         stats = infer_file(teacher_run, Path(queries_path), raw, batch_size=batch_size, max_new_tokens=max_new_tokens)
-        cached = {"key": key, "max_new_tokens": int(stats["max_new_tokens"])}
+        cached = {"key": key, "max_new_tokens": int(stats["max_new_tokens"]), "batch_size": int(stats["batch_size"])}
         write_json(meta, cached)
     rows = list(iter_jsonl(raw, required=("id", "prediction", "output_tokens")))
     kept, counts = filter_answers(rows, queries, cached["max_new_tokens"], answer_check)

@@ -21,11 +21,13 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import teacher_data
 from .config import RunConfig
 from .errors import ConfigError, DataError, RunDirError
 from .identity import describe_differences, differences, identity_view
@@ -308,6 +310,7 @@ def opened(cfg: RunConfig, resume: bool, force: bool) -> Iterator[tuple[Prepared
     if state is not None and not state.is_main_process:
         state.wait_for_everyone()  # the main process has prepared the directory
         run_dir = Path(cfg.output_dir)
+        cfg = with_teacher_data(cfg, run_dir, lambda m: None)  # labelled by the main process
         yield prepare(cfg, run_dir, check(cfg)), run_dir, False
         return
     with locked_new_or_existing(Path(cfg.output_dir)):  # held to the end: a second run is refused
@@ -315,10 +318,26 @@ def opened(cfg: RunConfig, resume: bool, force: bool) -> Iterator[tuple[Prepared
         splits = {"train": checked.train, "test": checked.test, "validation": checked.validation}
         inputs = {**input_digests(checked.task, splits), **teacher_input(cfg.data.teacher_answers)}
         run_dir = open_run_dir(cfg, resume, force, inputs)
+        if cfg.teacher_data.enabled:  # its teacher answers new queries now (once): the run's teacher rows
+            cfg = with_teacher_data(cfg, run_dir, lambda m: print(m, file=sys.stderr))
+            checked = check(cfg)
         prep = prepare(cfg, run_dir, checked)
         if state is not None:
             state.wait_for_everyone()
         yield prep, run_dir, True
+
+
+def with_teacher_data(cfg: RunConfig, run_dir: Path, log: Any) -> RunConfig:
+    """``cfg`` with its ``teacher_data`` run's checked answers to the new queries (labelled now into
+    ``run_dir/teacher-data`` if needed) as ``data.teacher_answers``; ``cfg`` when it has no sources."""
+    args = cfg.teacher_data
+    if not args.enabled:
+        return cfg
+    task, labelled, _ = load_data(cfg)
+    where = run_dir / "teacher-data"
+    queries = teacher_data.collect_into(args, task, labelled, cfg.data_dir, where, log)
+    answers = teacher_data.label_into(args, Path(args.teacher), queries, where / teacher_data.ANSWERS, log)
+    return replace(cfg, data=replace(cfg.data, teacher_answers=str(answers)))
 
 
 def process_state(cfg: RunConfig) -> Any:
@@ -439,7 +458,6 @@ def infer_file(run_dir: Path, input_path: Path, output: Path, *, batch_size: int
     unless ``force`` (it may hold another run's answers); an interrupted call resumes only with
     the same run, adapter, settings and input (see :func:`promptintern.inference.run_inference`).
     """
-    from dataclasses import replace
 
     from .answer_length import resolve_infer_args
     from .checksums import file_sha256

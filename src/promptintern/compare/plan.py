@@ -29,10 +29,11 @@ from ..config import RunConfig
 from ..configtools import apply_overrides, from_dict, load_yaml
 from ..errors import ConfigError
 from ..methods import plan as method_plan
+from ..teacher_data import TeacherDataArgs
 from .budget import BUDGETS, converge_train, stage_lengths, steps_per_epoch, token_matched_steps
 from .cost import CostArgs
 from .speed import ScalingArgs, SpeedArgs
-from .teacher_data import TeacherDataArgs, answers_path
+from .teacher_data import answers_path
 
 # The LR schedule across the stages of a multi-stage method. The trainer builds one HF Trainer
 # per stage, so its schedule restarts in every stage; it has no switch for one schedule across
@@ -158,6 +159,9 @@ class CompareArgs:
             return
         if "full-prompt" not in self.methods:
             raise ConfigError(f"compare.methods: {taught[0]} learns from full-prompt FT's answers; add full-prompt")
+        if self.teacher_data.teacher is not None:
+            raise ConfigError("compare.teacher_data.teacher: compare's teacher is its own full-prompt FT of each "
+                              "seed; leave it null")
         if not self.teacher_data.enabled:
             raise ConfigError(f"compare.methods: {taught[0]} needs new queries: set compare.teacher_data.from_train, "
                               ".queries or .generate")
