@@ -101,6 +101,7 @@ from .validation import early_stopping, stage_validation, stop_record
 
 logger = logging.getLogger("promptintern.training")  # one logger name for all training messages
 
+
 def _load_adapter_weights(model: Any, adapter_dir: Path) -> None:
     from peft import set_peft_model_state_dict
     from peft.utils import load_peft_weights
