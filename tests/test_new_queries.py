@@ -258,3 +258,29 @@ def test_label_cli_bad_input_is_one_line_and_writes_nothing(teacher_run, tmp_pat
         err = capsys.readouterr().err.strip()
         assert rc != 0 and err.count("\n") == 0 and err.startswith("promptintern: error:"), (name, err)
         assert not out.exists(), name
+
+
+def test_the_lm_writer_shows_the_template_and_labelled_queries_and_keeps_the_first_line():
+    from promptintern.prompt import Template
+    from promptintern.query_writer import first_query, writer_messages
+
+    msgs = writer_messages(Template("Answer with SQL.", "TABLE employees(name, salary)"), ["q one", "q two"])
+    assert "Answer with SQL." in msgs[0]["content"] and "TABLE employees" in msgs[0]["content"]
+    assert "- q one\n- q two" in msgs[1]["content"]
+    assert first_query("\n  1. Which employee earns most?\nSELECT ...") == "Which employee earns most?"
+    assert first_query('- "How many rivers?"') == "How many rivers?"
+    assert first_query("Question 3: what is the capital?") == "what is the capital?"
+    assert first_query("  \n \n") == ""
+
+
+def test_queries_cli_lm_generator_writes_seeded_queries_with_a_local_model(tiny_model, tmp_path):
+    """Any local causal LM writes the new queries (the tiny random model's are gibberish, but each is the
+    first line of its own answer, seeded, de-duplicated like every source)."""
+    base = ["queries", "--set", f"task={SQL_TASK}", "--set", "data.train_size=5", "--generate", "lm",
+            "--generate-model", "tiny-random", "--n", "4"]
+    assert main([*base, "--out", str(tmp_path / "a.jsonl")]) == 0
+    assert main([*base, "--out", str(tmp_path / "b.jsonl")]) == 0
+    a = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert 1 <= len(a) <= 4 and {r["source"] for r in a} == {"generate"}
+    assert all(r["query"].strip() and "\n" not in r["query"] for r in a)
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()  # the same seed, the same queries

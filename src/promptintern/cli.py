@@ -94,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logs", default=None, help="JSONL of your own queries, one {'query'[, 'id']} a line")
     p.add_argument("--from-train", type=int, default=0, metavar="N",
                    help="N training pairs beyond the labelled data.train_size, answers dropped (benchmarks)")
-    p.add_argument("--generate", default=None, metavar="builtin|MODULE:FUNCTION",
-                   help="the task's own generator (geoquery: value swap) or your hook (labelled, n, seed) -> queries")
+    p.add_argument("--generate", default=None, metavar="builtin|lm|MODULE:FUNCTION",
+                   help="the task's own generator (geoquery: value swap), a local LM shown the template and labelled "
+                        "queries (lm), or your hook (labelled, n, seed) -> queries")
+    p.add_argument("--generate-model", default="smollm2-135m", help="the LM of --generate lm")
     p.add_argument("--n", type=int, default=0, help="queries the generator writes")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out sample and the generator")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")

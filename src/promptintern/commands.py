@@ -106,7 +106,7 @@ def cmd_queries(args: argparse.Namespace) -> int:
     from .pipeline import load_data
 
     spec = NewQueryArgs(queries=args.logs, from_train=args.from_train, generate=args.generate,
-                        generate_n=args.n, seed=args.seed)
+                        generate_n=args.n, generate_model=args.generate_model, seed=args.seed)
     spec.validate()
     if not spec.enabled:
         raise DataError("no source of new queries: give --logs, --from-train and/or --generate with --n")

@@ -27,6 +27,7 @@ from .io import iter_jsonl
 from .tasks.base import Instance, Task
 
 BUILTIN_GENERATOR = "builtin"
+LM_GENERATOR = "lm"  # promptintern.query_writer
 HOOK_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _TRAILING = " \t?.!"
 
@@ -37,7 +38,8 @@ class NewQueryArgs:
 
     queries: str | None = field(default=None, metadata={"help": "JSONL of the user's own queries, one {'query'[, 'id']} a line, no answers."})
     from_train: int = field(default=0, metadata={"help": "For benchmarks: this many training pairs beyond the labelled data.train_size, answers dropped (never validation or test)."})
-    generate: str | None = field(default=None, metadata={"help": "'builtin' (the task's own generator, e.g. GeoQuery's value swap) or a hook 'module:function'(labelled, n, seed) -> queries."})
+    generate: str | None = field(default=None, metadata={"help": "'builtin' (the task's own generator, e.g. GeoQuery's value swap), 'lm' (generate_model, shown the template and 5 labelled queries, writes each new one) or a hook 'module:function'(labelled, n, seed) -> queries."})
+    generate_model: str = field(default="smollm2-135m", metadata={"help": "The local causal LM of generate: 'lm' (alias, directory or hub id)."})
     generate_n: int = field(default=0, metadata={"help": "How many queries the generator writes (before duplicates are removed)."})
     seed: int = field(default=0, metadata={"help": "Seed of the held-out sample and of the generator."})
 
@@ -45,8 +47,8 @@ class NewQueryArgs:
         for name in ("from_train", "generate_n"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"new_queries.{name} must be >= 0, got {getattr(self, name)}")
-        if self.generate is not None and self.generate != BUILTIN_GENERATOR and not HOOK_RE.match(self.generate):
-            raise ConfigError(f"new_queries.generate must be 'builtin' or 'module:function', got {self.generate!r}")
+        if self.generate not in (None, BUILTIN_GENERATOR, LM_GENERATOR) and not HOOK_RE.match(self.generate):
+            raise ConfigError(f"new_queries.generate must be 'builtin', 'lm' or 'module:function', got {self.generate!r}")
         if (self.generate is None) != (self.generate_n == 0):
             raise ConfigError("new_queries.generate and new_queries.generate_n go together: set both or neither")
 
@@ -124,11 +126,16 @@ def load_hook(ref: str, source: str = "new_queries.generate", kind: str = "gener
 
 
 def generated(
-    task: Task, spec: str, labelled: Sequence[Instance], n: int, seed: int, data_dir: str | None
+    task: Task, spec: str, labelled: Sequence[Instance], n: int, seed: int, data_dir: str | None,
+    model: str = "smollm2-135m",
 ) -> list[NewQuery]:
-    """``n`` queries written from the labelled ones by the task's generator or a user hook."""
+    """``n`` queries written from the labelled ones by the task's generator, a local LM or a user hook."""
     if spec == BUILTIN_GENERATOR:
         texts = task.generate_queries(list(labelled), n, seed, data_dir)
+    elif spec == LM_GENERATOR:
+        from .query_writer import lm_queries
+
+        texts = lm_queries(task.template, labelled, n, seed, model)
     else:
         fn = load_hook(spec)
         try:
@@ -195,8 +202,9 @@ def collect(
     if args.from_train:
         sources.append(("from_train", held_out_train(train, labelled, args.from_train, args.seed), False))
     if args.generate:
-        user = args.generate != BUILTIN_GENERATOR
-        sources.append(("generate", generated(task, args.generate, labelled, args.generate_n, args.seed, data_dir), user))
+        user = args.generate not in (BUILTIN_GENERATOR, LM_GENERATOR)  # a hook's are checked like logs
+        sources.append(("generate", generated(task, args.generate, labelled, args.generate_n, args.seed, data_dir,
+                                              args.generate_model), user))
     seen = {normalise(i.query) for i in labelled}
     kept: list[NewQuery] = []
     ids: dict[str, str] = {}

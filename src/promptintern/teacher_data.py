@@ -38,8 +38,9 @@ class TeacherDataArgs:
     teacher: str | None = field(default=None, metadata={"help": "The promptintern run directory whose model answers the new queries with its own prompt (e.g. a full-prompt FT run); its adapter is also the KL teacher unless train.teacher names another. In compare leave it null: the teacher is the comparison's full-prompt FT of the same seed."})
     queries: str | None = field(default=None, metadata={"help": "JSONL of your own queries (one {'query'[, 'id']} a line, no answers)."})
     from_train: int = field(default=0, metadata={"help": "Training pairs beyond the labelled data.train_size, answers dropped (benchmarks)."})
-    generate: str | None = field(default=None, metadata={"help": "'builtin' (the task's generator, e.g. GeoQuery's value swap) or a hook 'module:function'(labelled, n, seed) -> queries."})
+    generate: str | None = field(default=None, metadata={"help": "'builtin' (the task's generator, e.g. GeoQuery's value swap), 'lm' (generate_model writes them from the template and labelled queries) or a hook 'module:function'(labelled, n, seed) -> queries."})
     generate_n: int = field(default=0, metadata={"help": "Queries the generator writes (before duplicates are removed)."})
+    generate_model: str = field(default="smollm2-135m", metadata={"help": "The local causal LM of generate: 'lm'."})
     seed: int = field(default=0, metadata={"help": "Seed of the held-out sample and of the generator."})
     check: str | None = field(default=None, metadata={"help": "Answer check hook 'module:function'(query, answer) -> bool; null = the task's own (SQL tasks: runs read-only and returns a row)."})
     max_new_tokens: int | None = field(default=None, metadata={"help": "The teacher's answer-length cap; an answer that reaches it is dropped as a runaway. null = the teacher run's infer.max_new_tokens."})
@@ -54,7 +55,7 @@ class TeacherDataArgs:
 
     def sources(self) -> NewQueryArgs:
         return NewQueryArgs(queries=self.queries, from_train=self.from_train, generate=self.generate,
-                            generate_n=self.generate_n, seed=self.seed)
+                            generate_n=self.generate_n, generate_model=self.generate_model, seed=self.seed)
 
     @property
     def enabled(self) -> bool:
