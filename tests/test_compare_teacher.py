@@ -118,12 +118,14 @@ def test_labelling_is_charged_to_the_teacher_methods_and_reported(taught):
     assert "## Teacher data" in report and "| 0 | 6 | 6 | 100.0% |" in report
 
 
-def test_the_schema_unseen_slice_is_the_one_sql_computes(taught):
+def test_the_schema_unseen_slice_is_the_one_sql_computes_and_the_caps_count_the_teacher_rows(taught):
     from promptintern.compare.slices import schema_unseen_ids
 
     config, out, sets = taught
     plan = _plan(out.parent, *[s for s in sets if s != "--set"])
     r = json.loads((out / "results.json").read_text())
+    assert plan.planned_steps("query-only+teacher") == [(6 + 6) // 2]  # its cap counts the 6 kept teacher rows
+    assert plan.planned_steps("full-prompt") == [6 // 2]
     ids = schema_unseen_ids(plan)
     assert ids is not None
     if ids:

@@ -28,6 +28,7 @@ from typing import Any
 from ..config import RunConfig
 from ..configtools import apply_overrides, from_dict, load_yaml
 from ..errors import ConfigError
+from ..io import read_json
 from ..methods import plan as method_plan
 from ..teacher_data import TeacherDataArgs
 from .budget import BUDGETS, converge_train, stage_lengths, steps_per_epoch, token_matched_steps
@@ -280,12 +281,23 @@ class Plan:
         n = self.n_stages(method)
         if self.args.budget == "converge":
             epoch = steps_per_epoch(self.n_train, self.per_step)
+            last = steps_per_epoch(self.n_train + self.teacher_rows(method), self.per_step)
             early = self.args.stage_max_epochs or self.args.max_epochs
-            return [math.ceil(epoch * (early if i < n - 1 else self.args.max_epochs)) for i in range(n)]
+            return [math.ceil(epoch * early) for _ in range(n - 1)] + [math.ceil(last * self.args.max_epochs)]
         if self.args.budget == "tokens" and n:
             ref = self.stage_lengths("full-prompt")[0] * self.total_steps * self.per_step
             return token_matched_steps(ref, self.stage_lengths(method), self.per_step)
         return steps_per_stage(self.total_steps, n, METHODS[method].revisit)
+
+    def teacher_rows(self, method: str) -> int:
+        """The teacher rows a '+teacher' method's last stage adds: seed 0's kept answers once labelled,
+        else the new queries asked for (an upper bound); 0 for the other methods."""
+        if not METHODS[method].teacher:
+            return 0
+        summary = answers_path(self.out, 0).with_suffix(".json")
+        if summary.is_file():
+            return int(read_json(summary)["counts"]["kept"])
+        return self.args.teacher_data.from_train + self.args.teacher_data.generate_n
 
     def stage_lengths(self, method: str) -> list[float]:
         """Mean training-record length per stage of ``method`` (tokens budget; computed once)."""
