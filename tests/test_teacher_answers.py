@@ -266,3 +266,33 @@ def test_a_run_config_names_the_new_queries_and_its_teacher_labels_them(tiny_mod
         assert main(["run", str(write_config(tmp_path / "bad.yaml", student))]) != 0
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_a_teacher_adapter_of_another_base_model_is_one_line_and_writes_nothing(tiny_model, tmp_path, capsys):
+    """An adapter trained on another base would, applied to this run's base, be a model nobody trained."""
+    import shutil
+
+    from promptintern.models import resolve_model_path
+
+    teacher_cfg = tiny_run_config(tmp_path / "teacher", method="full-prompt", schedule={"stages": 1, "k": 1},
+                                  baselines=[], train={"max_steps_per_stage": 1, "per_device_batch_size": 2})
+    teacher_cfg["data"] = {"train_size": 4}
+    assert main(["train", str(write_config(tmp_path / "teacher.yaml", teacher_cfg))]) == 0
+    adapter = tmp_path / "teacher" / "adapter"
+    other = tmp_path / "other-base"  # tiny-random with another vocabulary size: another model
+    shutil.copytree(resolve_model_path("tiny-random"), other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 1}))
+    student = tiny_run_config(tmp_path / "student", baselines=[],
+                              train={"max_steps_per_stage": 1, "loss": "kl", "teacher": str(adapter)})
+    path = write_config(tmp_path / "student.yaml", student)
+    ok = main(["train", str(path)])  # the run's own base: accepted
+    assert ok == 0
+    shutil.rmtree(tmp_path / "student")
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**adapter_config, "base_model_name_or_path": str(other)}))
+    capsys.readouterr()
+    assert main(["train", str(path)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "an adapter of the base model" in err[0] and str(other) in err[0], err
+    assert not (tmp_path / "student").exists()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import teacher_data
+from .args import SELF_TEACHER
 from .config import RunConfig
 from .errors import ConfigError, DataError, RunDirError
 from .identity import describe_differences, differences, identity_view
@@ -212,6 +213,10 @@ def check(cfg: RunConfig) -> Checked:
         from .training.hf import check_passthrough
 
         check_passthrough(cfg.train, cfg.lora)  # train.extra / lora.extra, checked by transformers and peft
+        if cfg.train.uses_teacher() and cfg.train.teacher != SELF_TEACHER:
+            from .training.teacher import check_teacher_base
+
+            check_teacher_base(cfg.train.teacher, cfg.model)
     teacher = load_teacher_rows(cfg.data.teacher_answers, task, train, cfg.data_dir)  # refused before any write
     teacher = mix(teacher, len(train), cfg.data.teacher_rows_per_pair, cfg.data.seed)
     return Checked(task, train, test, p, load_validation(cfg, task, p), teacher)

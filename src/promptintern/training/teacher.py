@@ -58,6 +58,31 @@ def frozen_teacher_fingerprint(args: Any, model_name: str) -> str | None:
     return teacher_fingerprint(args.teacher, model_name)
 
 
+def check_teacher_base(teacher: str, model_name: str) -> None:
+    """Refuse an adapter teacher made for another base model than the student's: applied to the
+    student's base it would be a different model from the one that was trained (and answered)."""
+    import json
+
+    from ..errors import ModelError
+    from ..identity import model_identity
+    from ..models import resolve_model_path
+
+    root = Path(teacher).expanduser()
+    if teacher_kind(teacher) != "adapter":
+        return
+    base = json.loads((root / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        return
+    student = resolve_model_path(model_name)
+    if base in (student, model_name):
+        return
+    same = Path(base).is_dir() and Path(student).is_dir() and (
+        Path(base).resolve() == Path(student).resolve() or model_identity(base) == model_identity(student))
+    if not same:
+        raise ModelError(f"train.teacher {teacher}: an adapter of the base model {base}, but this run's model is "
+                         f"{model_name}; give an adapter trained on {model_name}, or a merged model directory")
+
+
 def load_frozen_teacher(teacher: str, model_name: str, dtype: torch.dtype) -> Any:
     """The frozen teacher model (an adapter on the student's base, loaded as it is served:
     merged only where that is exact, see :func:`promptintern.inference.load_for_serving`),
