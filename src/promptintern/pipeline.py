@@ -1,8 +1,9 @@
 """The end-to-end run: prepare → train (staged) → infer → evaluate → report.
 
-This module stays whole at a little over 450 lines on purpose: it is the one place a reader follows
-a run from config to report; each step's work lives in its own module (stages, trainer, inference,
-evaluate, report, run guard, teacher answers), and only the order and the resume rules are here.
+This module stays whole at a little under 500 lines on purpose: it is the one place a reader follows
+a run from config to report; each step's work lives in its own module (stages, training, inference,
+evaluate, report, run guard, teacher data and answers), and only the order and the resume rules are
+here.
 
 Run directory (everything written atomically; each step is skipped on ``--resume`` when its
 output exists):
@@ -315,7 +316,8 @@ def opened(cfg: RunConfig, resume: bool, force: bool) -> Iterator[tuple[Prepared
     if state is not None and not state.is_main_process:
         state.wait_for_everyone()  # the main process has prepared the directory
         run_dir = Path(cfg.output_dir)
-        cfg = with_teacher_data(cfg, run_dir, lambda m: None)  # labelled by the main process
+        if cfg.teacher_data.enabled:  # labelled by the main process: read back
+            cfg = teacher_data.for_run(cfg, run_dir, *load_data(cfg)[:2], lambda m: None)
         yield prepare(cfg, run_dir, check(cfg)), run_dir, False
         return
     with locked_new_or_existing(Path(cfg.output_dir)):  # held to the end: a second run is refused
@@ -324,25 +326,12 @@ def opened(cfg: RunConfig, resume: bool, force: bool) -> Iterator[tuple[Prepared
         inputs = {**input_digests(checked.task, splits), **teacher_input(cfg.data.teacher_answers)}
         run_dir = open_run_dir(cfg, resume, force, inputs)
         if cfg.teacher_data.enabled:  # its teacher answers new queries now (once): the run's teacher rows
-            cfg = with_teacher_data(cfg, run_dir, lambda m: print(m, file=sys.stderr))
+            cfg = teacher_data.for_run(cfg, run_dir, *load_data(cfg)[:2], lambda m: print(m, file=sys.stderr))
             checked = check(cfg)
         prep = prepare(cfg, run_dir, checked)
         if state is not None:
             state.wait_for_everyone()
         yield prep, run_dir, True
-
-
-def with_teacher_data(cfg: RunConfig, run_dir: Path, log: Any) -> RunConfig:
-    """``cfg`` with its ``teacher_data`` run's checked answers to the new queries (labelled now into
-    ``run_dir/teacher-data`` if needed) as ``data.teacher_answers``; ``cfg`` when it has no sources."""
-    args = cfg.teacher_data
-    if not args.enabled:
-        return cfg
-    task, labelled, _ = load_data(cfg)
-    where = run_dir / "teacher-data"
-    queries = teacher_data.collect_into(args, task, labelled, cfg.data_dir, where, log)
-    answers = teacher_data.label_into(args, Path(args.teacher), queries, where / teacher_data.ANSWERS, log)
-    return replace(cfg, data=replace(cfg.data, teacher_answers=str(answers)))
 
 
 def process_state(cfg: RunConfig) -> Any:

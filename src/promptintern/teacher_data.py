@@ -12,8 +12,7 @@ repeats nothing::
     DIR/answers.json                  answered / rejected / kept, and what labelling cost
 
 Labelling is training cost of the student: its generation seconds (the batches' latencies summed)
-and its input and output tokens are kept in ``answers.json``. Imports no torch; the run's use of it
-is :func:`promptintern.pipeline.with_teacher_data`.
+and its input and output tokens are kept in ``answers.json``. Imports no torch.
 """
 
 from __future__ import annotations
@@ -116,3 +115,18 @@ def labelling_cost(rows: list[dict[str, Any]], batch_size: int) -> dict[str, flo
             "input_tokens": float(sum(int(r.get("input_tokens", 0)) for r in rows)),
             "output_tokens": float(sum(int(r.get("output_tokens", 0)) for r in rows)),
             "wall_s": sum(float(r["latency_s"]) for r in rows) / max(1, batch_size)}
+
+
+def for_run(cfg: Any, run_dir: Path, task: Task, labelled: Sequence[Instance], log: Callable[[str], None]) -> Any:
+    """``cfg`` (a run config) with its ``teacher_data`` run's checked answers to the new queries
+    (labelled now into ``run_dir/teacher-data`` if needed) as ``data.teacher_answers``; ``cfg`` itself
+    when it has no sources."""
+    from dataclasses import replace
+
+    args: TeacherDataArgs = cfg.teacher_data
+    if not args.enabled:
+        return cfg
+    where = run_dir / "teacher-data"
+    queries = collect_into(args, task, labelled, cfg.data_dir, where, log)
+    answers = label_into(args, Path(args.teacher), queries, where / ANSWERS, log)
+    return replace(cfg, data=replace(cfg.data, teacher_answers=str(answers)))
