@@ -284,3 +284,36 @@ def test_queries_cli_lm_generator_writes_seeded_queries_with_a_local_model(tiny_
     assert 1 <= len(a) <= 4 and {r["source"] for r in a} == {"generate"}
     assert all(r["query"].strip() and "\n" not in r["query"] for r in a)
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()  # the same seed, the same queries
+
+
+def test_label_samples_several_seeded_answers_per_query(teacher_run, tmp_path, capsys):
+    """--samples N --temperature T: every query answered N times (ids <id>~<k>), the same answers on a
+    rerun (seeded), other answers than greedy; several samples without a temperature is one line."""
+    queries = _write(tmp_path / "q.jsonl", [json.dumps({"id": f"q{i}", "query": f"How many staff in unit {i}?"})
+                                           for i in range(3)])
+
+    def raw(name: str, *extra: str) -> list[dict]:
+        out = tmp_path / f"{name}.jsonl"
+        assert main(["label", "--teacher", str(teacher_run), "--queries", str(queries), "--out", str(out), *extra]) == 0
+        return [json.loads(x) for x in (tmp_path / f"{name}.jsonl.teacher.jsonl").read_text().splitlines()]
+
+    sampled = raw("a", "--samples", "3", "--temperature", "1.0")
+    assert sorted(r["id"] for r in sampled) == sorted(f"q{i}~{k}" for i in range(3) for k in range(3))
+    assert [r["prediction"] for r in raw("b", "--samples", "3", "--temperature", "1.0")] == \
+        [r["prediction"] for r in sampled]  # seeded from the batch's ids
+    greedy = {r["id"]: r["prediction"] for r in raw("c")}
+    assert any(r["prediction"] != greedy[r["id"].split("~")[0]] for r in sampled)  # sampling, not greedy
+    capsys.readouterr()
+    assert main(["label", "--teacher", str(teacher_run), "--queries", str(queries), "--out",
+                 str(tmp_path / "d.jsonl"), "--samples", "2"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "temperature > 0" in err[0] and not (tmp_path / "d.jsonl").exists()
+
+
+def test_distinct_answers_keeps_each_querys_answer_once():
+    from promptintern.new_queries import distinct_answers
+
+    rows = [{"id": "a~0", "query": "q", "answer": "x"}, {"id": "a~1", "query": "q", "answer": " x "},
+            {"id": "a~2", "query": "q", "answer": "y"}, {"id": "b~0", "query": "r", "answer": "x"}]
+    kept, dropped = distinct_answers(rows)
+    assert [r["id"] for r in kept] == ["a~0", "a~2", "b~0"] and dropped == 1

@@ -323,8 +323,13 @@ class InferArgs:
     max_new_tokens: int | str = field(default="auto", metadata={"help": "Most tokens generated per query (the end-of-turn token stops earlier): 'auto' = from the training answers' token lengths (p99 x 1.25, capped at the longest, + 8), or a number. Either way a run warns, with counts, when gold answers are longer."})
     batch_size: int = field(default=8, metadata={"help": "Queries per generate call (left-padded); latency per query is the batch's wall time."})
     prefix_cache: bool = field(default=False, metadata={"help": "Run the prompts' common token prefix once and serve each query at batch size 1 from its KV cache."})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy (the default); > 0 samples at this temperature (no top-k / top-p), seeded from each batch's query ids (a teacher's several answers per query: promptintern label --samples)."})
     num_threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (null = torch's default).", "volatile": True})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar with queries/s.", "volatile": True})
+
+    def identity_skip(self) -> tuple[str, ...]:
+        """``temperature`` while greedy (so runs made before it existed still resume)."""
+        return ("temperature",) if self.temperature == 0 else ()
 
     def validate(self) -> None:
         from .answer_length import check_setting
@@ -332,6 +337,8 @@ class InferArgs:
         check_setting(self.max_new_tokens)
         if self.batch_size < 1:
             raise ConfigError(f"infer.batch_size must be >= 1, got {self.batch_size}")
+        if not self.temperature >= 0:
+            raise ConfigError(f"infer.temperature must be >= 0, got {self.temperature}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"infer.num_threads must be >= 1 or null, got {self.num_threads}")
 

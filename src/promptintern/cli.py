@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "their database and need a row)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--samples", type=int, default=1, help="answers per query (> 1 needs --temperature > 0; "
+                                                            "a query's repeated answers are kept once)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples at this temperature")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
 
     p = sub.add_parser("eval", help="score a predictions file against a task's test split")

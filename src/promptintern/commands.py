@@ -127,7 +127,8 @@ def cmd_label(args: argparse.Namespace) -> int:
 
     _threads(args)
     counts = label_queries(Path(args.teacher), Path(args.queries), Path(args.out), check=args.check,
-                           force=args.force, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+                           force=args.force, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                           samples=args.samples, temperature=args.temperature)
     rejected = ", ".join(f"{v} {k}" for k, v in counts.items() if k not in ("answered", "kept") and v)
     print(f"teacher answered {counts['answered']}, kept {counts['kept']}"
           + (f" (rejected: {rejected})" if rejected else "") + f" → {args.out}")

@@ -1,6 +1,7 @@
-"""Greedy generation for evaluation: batched, prefix-cached, metered and resumable.
+"""Generation for evaluation (greedy) and for a teacher's sampled answers: batched, prefix-cached,
+metered and resumable.
 
-This module stays whole at a little over 450 lines on purpose: batching, prefix caching and the
+This module stays whole at a little under 500 lines on purpose: batching, prefix caching and the
 resumable output share one decoder and one bookkeeping of tokens and latency, which a split would
 duplicate.
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import os
 import time
@@ -131,11 +133,14 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[
 
 @dataclass
 class _Decoder:
-    """Greedy ``model.generate`` with fixed stopping and padding, decoding new tokens only."""
+    """``model.generate`` with fixed stopping and padding, decoding new tokens only: greedy, or
+    sampled at ``temperature`` (> 0; no top-k / top-p), the RNG seeded from the batch's query ids so
+    the same batch gives the same answers (the global RNG is left as it was)."""
 
     model: Any
     tokenizer: Any
     max_new_tokens: int
+    temperature: float = 0.0
     stops: list[int] = field(init=False)
     pad_id: int = field(init=False)
 
@@ -144,20 +149,33 @@ class _Decoder:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.stops[0]
 
-    def __call__(self, seqs: Sequence[Sequence[int]], cache: Any = None) -> list[tuple[str, int]]:
+    def __call__(self, seqs: Sequence[Sequence[int]], cache: Any = None, ids: Sequence[str] = ()
+                 ) -> list[tuple[str, int]]:
         """(text, output tokens) per sequence; ``cache`` holds a prefix of every sequence."""
         input_ids, mask = _left_pad(seqs, self.pad_id, self.model.device)
-        out = self.model.generate(
-            input_ids=input_ids, attention_mask=mask, past_key_values=cache,
-            max_new_tokens=self.max_new_tokens, min_new_tokens=0, do_sample=False, num_beams=1,
-            repetition_penalty=1.0, eos_token_id=self.stops, pad_token_id=self.pad_id, use_cache=True,
-        )
+        sampling = {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0} \
+            if self.temperature > 0 else {"do_sample": False}
+        with _seeded(ids) if self.temperature > 0 else contextlib.nullcontext():
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=mask, past_key_values=cache,
+                max_new_tokens=self.max_new_tokens, min_new_tokens=0, num_beams=1, **sampling,
+                repetition_penalty=1.0, eos_token_id=self.stops, pad_token_id=self.pad_id, use_cache=True,
+            )
         stops = set(self.stops)
         results = []
         for new in out[:, input_ids.shape[1]:].tolist():
             n = _count_until_stop(new, stops)
             results.append((self.tokenizer.decode(new[:n], skip_special_tokens=True).strip(), n))
         return results
+
+
+@contextlib.contextmanager
+def _seeded(ids: Sequence[str]) -> Iterator[None]:
+    """Every device's RNG seeded from ``ids`` for the block, and restored after it."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(hashlib.sha256("\n".join(ids).encode()).hexdigest()[:15], 16))
+        yield
 
 
 def _iter_batched(decode: _Decoder, seqs: list[list[int]], ids: list[str], batch_size: int
@@ -168,7 +186,7 @@ def _iter_batched(decode: _Decoder, seqs: list[list[int]], ids: list[str], batch
         chunk = order[start:start + batch_size]
         t0 = time.perf_counter()
         with torch.inference_mode():
-            outs = decode([seqs[i] for i in chunk])
+            outs = decode([seqs[i] for i in chunk], ids=[ids[i] for i in chunk])
         wall = time.perf_counter() - t0
         yield [(i, Generation(ids[i], text, len(seqs[i]), n, wall)) for i, (text, n) in zip(chunk, outs, strict=True)]
 
@@ -192,7 +210,7 @@ def _iter_prefix_cached(decode: _Decoder, seqs: list[list[int]], ids: list[str],
     for i, seq in enumerate(seqs):
         t0 = time.perf_counter()
         with torch.inference_mode():
-            ((text, n),) = decode([seq], copy.deepcopy(cache))
+            ((text, n),) = decode([seq], copy.deepcopy(cache), ids=[ids[i]])
         yield [(i, Generation(ids[i], text, len(seq), n, time.perf_counter() - t0))]
 
 
@@ -372,7 +390,7 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
 
     gen_wall = 0.0
     if todo:
-        decode = _Decoder(model, tokenizer, args.max_new_tokens)
+        decode = _Decoder(model, tokenizer, args.max_new_tokens, args.temperature)
         if args.prefix_cache:  # the prefix's one-time build counts towards throughput
             t0 = time.perf_counter()
             cache = build_prefix_cache(model, all_seqs[0][:prefix_len]) if prefix_len else None

@@ -312,17 +312,31 @@ def filter_answers(
     return kept, counts
 
 
+def distinct_answers(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The rows with each query's repeated answers (same text after stripping) kept once, and how many went."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for row in rows:
+        key = (row["query"], row["answer"].strip())
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out, len(rows) - len(out)
+
+
 def label_queries(
     teacher_run: Path, queries_path: Path, out: Path, *, check: str | None = None, force: bool = False,
-    batch_size: int | None = None, max_new_tokens: int | None = None,
+    batch_size: int | None = None, max_new_tokens: int | None = None, samples: int = 1, temperature: float = 0.0,
 ) -> dict[str, int]:
     """The teacher run answers each query with its own (full) prompt; the checked answers go to ``out``.
 
     The teacher's raw answers are cached beside ``out`` (``<out>.teacher.jsonl``, keyed in
-    ``<out>.teacher.json`` by the teacher's identity, the queries file's content and the length cap):
-    an interrupted labelling resumes, and a rerun with another check answers nothing again. Each kept
-    row is ``{"id", "query", "answer", "source": "teacher", "teacher": <identity>}``, the format of a
-    task's training file, so a task spec can train a student on it.
+    ``<out>.teacher.json`` by the teacher's identity, the queries file's content, the length cap and
+    the sampling): an interrupted labelling resumes, and a rerun with another check answers nothing
+    again. Greedy by default; with ``samples`` > 1 at ``temperature`` > 0 each query is answered that
+    many times (ids ``<id>~<k>``), and a query's repeated answers are kept once. Each kept row is
+    ``{"id", "query", "answer", "source": "teacher", "teacher": <identity>}``, the format of a task's
+    training file, so a task spec can train a student on it.
     """
     from .config import load_config
     from .identity import adapter_identity, file_digest
@@ -330,6 +344,9 @@ def label_queries(
     from .pipeline import infer_file, load_data
 
     teacher_run, out = Path(teacher_run), Path(out)
+    if samples < 1 or temperature < 0 or (samples > 1 and temperature == 0):
+        raise ConfigError(f"--samples {samples} at --temperature {temperature:g}: several answers per query need a "
+                          "temperature > 0 (greedy answers would repeat)")
     if out.exists() and not force:
         raise DataError(f"{out} exists; choose another --out or pass --force to replace it")
     if not (teacher_run / "config.yaml").is_file():
@@ -342,14 +359,26 @@ def label_queries(
     teacher = adapter_identity(adapter) if adapter.is_dir() else cfg.model
     raw, meta = out.with_name(out.name + ".teacher.jsonl"), out.with_name(out.name + ".teacher.json")
     key = {"teacher": teacher, "queries": file_digest(Path(queries_path)), "max_new_tokens": max_new_tokens}
+    if samples > 1 or temperature > 0:
+        key.update(samples=samples, temperature=temperature)
+    asked = Path(queries_path)
+    if samples > 1:  # each query that many times: the rows the teacher answers
+        asked = out.with_name(out.name + ".asked.jsonl")
+        write_jsonl(asked, ({"id": f"{i}~{k}", "query": q} for i, q in queries.items() for k in range(samples)))
     cached = read_json(meta) if meta.is_file() and raw.is_file() else None
     if cached is None or cached.get("key") != key:
         meta.unlink(missing_ok=True)
         raw.unlink(missing_ok=True)
-        stats = infer_file(teacher_run, Path(queries_path), raw, batch_size=batch_size, max_new_tokens=max_new_tokens)
+        stats = infer_file(teacher_run, asked, raw, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                           temperature=temperature)
         cached = {"key": key, "max_new_tokens": int(stats["max_new_tokens"]), "batch_size": int(stats["batch_size"])}
         write_json(meta, cached)
     rows = list(iter_jsonl(raw, required=("id", "prediction", "output_tokens")))
+    if samples > 1:
+        queries = {f"{i}~{k}": q for i, q in queries.items() for k in range(samples)}
     kept, counts = filter_answers(rows, queries, cached["max_new_tokens"], answer_check)
+    if samples > 1:
+        kept, counts["repeated"] = distinct_answers(kept)
+        counts["kept"] = len(kept)
     write_jsonl(out, ({**r, "source": "teacher", "teacher": teacher} for r in kept))
     return counts

@@ -445,7 +445,7 @@ def _train_info(run_dir: Path, wall: float) -> dict[str, Any]:
 
 def infer_file(run_dir: Path, input_path: Path, output: Path, *, batch_size: int | None = None,
                max_new_tokens: int | None = None, prefix_cache: bool | None = None, resume: bool = True,
-               force: bool = False) -> dict[str, Any]:
+               force: bool = False, temperature: float | None = None) -> dict[str, Any]:
     """Answer the queries of ``input_path`` with the run's method, served with its own prompt.
 
     Arguments left at None take the run's ``infer`` settings. An existing ``output`` is refused
@@ -478,7 +478,8 @@ def infer_file(run_dir: Path, input_path: Path, output: Path, *, batch_size: int
     model, tok = load_for_inference(cfg.model, adapter) if prep.plan.trains else load_model(cfg.model)
     args = replace(cfg.infer, prefix_cache=cfg.infer.prefix_cache if prefix_cache is None else prefix_cache,
                    batch_size=batch_size or cfg.infer.batch_size,
-                   max_new_tokens=max_new_tokens or cfg.infer.max_new_tokens)
+                   max_new_tokens=max_new_tokens or cfg.infer.max_new_tokens,
+                   temperature=cfg.infer.temperature if temperature is None else temperature)
     args = resolve_infer_args(args, cfg.model, prep.task, prep.train)  # 'auto' from the run's training answers
     items = serving_messages(prep, queries, prep.plan.serve_tau, prep.plan.serve_k)
     settings = {"run": str(run_dir.resolve()), "config": cfg.fingerprint(), "infer": identity_view(args),

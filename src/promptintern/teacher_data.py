@@ -43,9 +43,14 @@ class TeacherDataArgs:
     seed: int = field(default=0, metadata={"help": "Seed of the held-out sample and of the generator."})
     check: str | None = field(default=None, metadata={"help": "Answer check hook 'module:function'(query, answer) -> bool; null = the task's own (SQL tasks: runs read-only and returns a row)."})
     max_new_tokens: int | None = field(default=None, metadata={"help": "The teacher's answer-length cap; an answer that reaches it is dropped as a runaway. null = the teacher run's infer.max_new_tokens."})
+    samples: int = field(default=1, metadata={"help": "Answers per query (> 1 needs temperature > 0); a query's repeated answers are kept once."})
+    temperature: float = field(default=0.0, metadata={"help": "0 = the teacher answers greedily; > 0 samples at this temperature."})
 
     def validate(self) -> None:
         self.sources().validate()
+        if self.samples < 1 or self.temperature < 0 or (self.samples > 1 and self.temperature == 0):
+            raise ConfigError(f"teacher_data.samples={self.samples} at temperature {self.temperature:g}: several "
+                              "answers per query need a temperature > 0")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ConfigError(f"teacher_data.max_new_tokens must be >= 1 or null, got {self.max_new_tokens}")
         if self.teacher is not None and not (Path(self.teacher).expanduser() / "config.yaml").is_file():
@@ -91,7 +96,8 @@ def label_into(args: TeacherDataArgs, teacher_run: Path, queries: Path, out: Pat
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     log(f"teacher {teacher_run} answers the new queries of {queries} with its own prompt")
-    counts = label_queries(teacher_run, queries, out, check=args.check, force=True, max_new_tokens=args.max_new_tokens)
+    counts = label_queries(teacher_run, queries, out, check=args.check, force=True, max_new_tokens=args.max_new_tokens,
+                           samples=args.samples, temperature=args.temperature)
     rejected = ", ".join(f"{v} {k}" for k, v in counts.items() if k not in ("answered", "kept") and v)
     if not counts["kept"]:
         raise DataError(f"teacher {teacher_run}: none of its {counts['answered']} answers passed the filter "
