@@ -113,3 +113,15 @@ def test_worse_and_undecided_methods():
     v = verdict(r, CompareArgs(tolerance=1.0))
     assert v["worse"] == ["query-only"] and v["cheapest_as_accurate"] == "full-prompt"
     assert [u["method"] for u in v["undecided"]] == ["promptintern"] and not v["decided"]
+
+
+def test_a_one_seed_verdict_says_its_intervals_cover_the_items_only():
+    """With one training seed the bootstrap cannot see the spread between training runs: the verdict says so."""
+    better = {"full-prompt": [_hits(0.4, 0)], "promptintern": [_hits(0.9, 1)], "query-only": [_hits(0.3, 2)]}
+    r = _results(better, TOKENS)
+    r["verdict"] = verdict(r, CompareArgs())
+    assert "**One training seed**" in verdict_text(r)
+    two = {m: [*rows, _hits(0.5, 9)] for m, rows in better.items()}
+    r = _results(two, TOKENS)
+    r["verdict"] = verdict(r, CompareArgs())
+    assert "One training seed" not in verdict_text(r)

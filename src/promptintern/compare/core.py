@@ -198,7 +198,8 @@ def collect(plan: Plan) -> dict[str, Any]:
         "speed": speed, "speedups": _speedups(speed, plan.args.speed.lengths),
         "speedup_ranges": _paired_speedups(speed, plan.args.speed.lengths), "scaling": scaling,
         "cost": cost, "tolerance": plan.args.tolerance, "resamples": plan.args.resamples,
-        "teacher_data": teacher_data_summary(plan.out, plan.seeds),
+        "teacher_data": teacher_data_summary(plan.out, plan.seeds)
+        if any(METHODS[m].teacher for m in plan.args.methods) else None,
         "slices": slices(plan, runs, scores),
     }
     results["verdict"] = verdict(results, plan.args)

@@ -65,6 +65,10 @@ def verdict_text(results: dict[str, Any]) -> str:
     if v.get("at_floor"):
         lines.append("Not resolved above the floor (not learned at this budget), so never recommended: "
                      + ", ".join(f"`{m}`" for m in v["at_floor"]) + ".")
+    if results["accuracy"]["methods"].get("full-prompt", {}).get("n_seeds") == 1:
+        lines.append("**One training seed**: every interval here covers the test items only, not the spread "
+                     "between training runs of the same method, which can be as large as the differences between "
+                     "methods; train more seeds (`--seeds N`) before relying on this verdict.")
     return "\n\n".join(lines) + _pending(results)
 
 
@@ -151,6 +155,8 @@ def _teacher_section(results: dict[str, Any]) -> list[str]:
              "by itself, is not empty and passes the task's check.", "",
              "| seed | answered | kept | kept share | rejected | labelling s | input tokens | output tokens |",
              "|---|---|---|---|---|---|---|---|"]
+    if not td["seeds"]:
+        return lines[:3] + ["No seed's full-prompt FT has labelled them yet.", ""]
     for seed, entry in td["seeds"].items():
         c, cost = entry["counts"], entry["cost"]
         rejected = ", ".join(f"{v} {k}" for k, v in c.items() if k not in ("answered", "kept") and v) or "-"
