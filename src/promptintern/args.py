@@ -291,6 +291,10 @@ class TrainArgs:
         ``teacher_rows_loss``)."""
         return self.loss in KL_LOSSES or self.teacher_rows_loss == "kl"
 
+    def frozen_teacher(self) -> str | None:
+        """The frozen KL teacher's directory, None when no teacher is used or it is the student itself."""
+        return self.teacher if self.uses_teacher() and self.teacher != SELF_TEACHER else None
+
     def identity_skip(self) -> tuple[str, ...]:
         """Fields left out of this run's identity: the KL fields when no teacher is used, ``dtype``
         ``extra`` and ``lr_span`` at their defaults (so runs made before they existed still resume)."""

@@ -1,9 +1,7 @@
 """Generation for evaluation (greedy) and for a teacher's sampled answers: batched, prefix-cached,
-metered and resumable.
-
-This module stays whole at a little under 500 lines on purpose: batching, prefix caching and the
-resumable output share one decoder and one bookkeeping of tokens and latency, which a split would
-duplicate.
+metered and resumable. This module stays whole at over 450 lines on purpose: batching, prefix
+caching and the resumable output share one decoder and one bookkeeping of tokens and latency, which
+a split would duplicate.
 
 Prompts are chat messages without the assistant turn; they are rendered with the tokenizer's
 chat template (:func:`promptintern.prompt.chat_prompt_text`) and tokenized without extra

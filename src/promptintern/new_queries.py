@@ -363,8 +363,9 @@ def label_queries(
         key.update(samples=samples, temperature=temperature)
     asked = Path(queries_path)
     if samples > 1:  # each query that many times: the rows the teacher answers
+        queries = {f"{i}~{k}": q for i, q in queries.items() for k in range(samples)}
         asked = out.with_name(out.name + ".asked.jsonl")
-        write_jsonl(asked, ({"id": f"{i}~{k}", "query": q} for i, q in queries.items() for k in range(samples)))
+        write_jsonl(asked, ({"id": i, "query": q} for i, q in queries.items()))
     cached = read_json(meta) if meta.is_file() and raw.is_file() else None
     if cached is None or cached.get("key") != key:
         meta.unlink(missing_ok=True)
@@ -374,8 +375,6 @@ def label_queries(
         cached = {"key": key, "max_new_tokens": int(stats["max_new_tokens"]), "batch_size": int(stats["batch_size"])}
         write_json(meta, cached)
     rows = list(iter_jsonl(raw, required=("id", "prediction", "output_tokens")))
-    if samples > 1:
-        queries = {f"{i}~{k}": q for i, q in queries.items() for k in range(samples)}
     kept, counts = filter_answers(rows, queries, cached["max_new_tokens"], answer_check)
     if samples > 1:
         kept, counts["repeated"] = distinct_answers(kept)

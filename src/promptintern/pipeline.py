@@ -1,9 +1,7 @@
-"""The end-to-end run: prepare → train (staged) → infer → evaluate → report.
-
-This module stays whole at a little under 500 lines on purpose: it is the one place a reader follows
-a run from config to report; each step's work lives in its own module (stages, training, inference,
-evaluate, report, run guard, teacher data and answers), and only the order and the resume rules are
-here.
+"""The end-to-end run: prepare → train (staged) → infer → evaluate → report. This module stays
+whole at over 450 lines on purpose: it is the one place a reader follows a run from config to
+report; each step's work lives in its own module (stages, training, inference, evaluate, report,
+run guard, teacher data and answers), and only the order and the resume rules are here.
 
 Run directory (everything written atomically; each step is skipped on ``--resume`` when its
 output exists):
@@ -29,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from . import teacher_data
-from .args import SELF_TEACHER
 from .config import RunConfig
 from .errors import ConfigError, DataError, RunDirError
 from .identity import describe_differences, differences, identity_view
@@ -214,10 +211,10 @@ def check(cfg: RunConfig) -> Checked:
         from .training.hf import check_passthrough
 
         check_passthrough(cfg.train, cfg.lora)  # train.extra / lora.extra, checked by transformers and peft
-        if cfg.train.uses_teacher() and cfg.train.teacher != SELF_TEACHER:
+        if frozen := cfg.train.frozen_teacher():
             from .training.teacher import check_teacher_base
 
-            check_teacher_base(cfg.train.teacher, cfg.model)
+            check_teacher_base(frozen, cfg.model)
     teacher = load_teacher_rows(cfg.data.teacher_answers, task, train, cfg.data_dir)  # refused before any write
     teacher = mix(teacher, len(train), cfg.data.teacher_rows_per_pair, cfg.data.seed)
     return Checked(task, train, test, p, load_validation(cfg, task, p), teacher)
@@ -326,7 +323,7 @@ def opened(cfg: RunConfig, resume: bool, force: bool) -> Iterator[tuple[Prepared
         inputs = {**input_digests(checked.task, splits), **teacher_input(cfg.data.teacher_answers)}
         run_dir = open_run_dir(cfg, resume, force, inputs)
         if cfg.teacher_data.enabled:  # its teacher answers new queries now (once): the run's teacher rows
-            cfg = teacher_data.for_run(cfg, run_dir, *load_data(cfg)[:2], lambda m: print(m, file=sys.stderr))
+            cfg = teacher_data.for_run(cfg, run_dir, checked.task, checked.train, lambda m: print(m, file=sys.stderr))
             checked = check(cfg)
         prep = prepare(cfg, run_dir, checked)
         if state is not None:

@@ -18,7 +18,7 @@ and its input and output tokens are kept in ``answers.json``. Imports no torch.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +31,18 @@ QUERIES, ANSWERS = "queries.jsonl", "answers.jsonl"
 
 
 @dataclass
-class TeacherDataArgs:
-    """New queries, the teacher run that answers them, and how its answers are checked."""
+class TeacherDataArgs(NewQueryArgs):
+    """New queries (the sources of :class:`NewQueryArgs`), the teacher run that answers them, and how
+    its answers are checked."""
 
     teacher: str | None = field(default=None, metadata={"help": "The promptintern run directory whose model answers the new queries with its own prompt (e.g. a full-prompt FT run); its adapter is also the KL teacher unless train.teacher names another. In compare leave it null: the teacher is the comparison's full-prompt FT of the same seed."})
-    queries: str | None = field(default=None, metadata={"help": "JSONL of your own queries (one {'query'[, 'id']} a line, no answers)."})
-    from_train: int = field(default=0, metadata={"help": "Training pairs beyond the labelled data.train_size, answers dropped (benchmarks)."})
-    generate: str | None = field(default=None, metadata={"help": "'builtin' (the task's generator, e.g. GeoQuery's value swap), 'lm' (generate_model writes them from the template and labelled queries) or a hook 'module:function'(labelled, n, seed) -> queries."})
-    generate_n: int = field(default=0, metadata={"help": "Queries the generator writes (before duplicates are removed)."})
-    generate_model: str = field(default="smollm2-135m", metadata={"help": "The local causal LM of generate: 'lm'."})
-    seed: int = field(default=0, metadata={"help": "Seed of the held-out sample and of the generator."})
     check: str | None = field(default=None, metadata={"help": "Answer check hook 'module:function'(query, answer) -> bool; null = the task's own (SQL tasks: runs read-only and returns a row)."})
     max_new_tokens: int | None = field(default=None, metadata={"help": "The teacher's answer-length cap; an answer that reaches it is dropped as a runaway. null = the teacher run's infer.max_new_tokens."})
     samples: int = field(default=1, metadata={"help": "Answers per query (> 1 needs temperature > 0); a query's repeated answers are kept once."})
     temperature: float = field(default=0.0, metadata={"help": "0 = the teacher answers greedily; > 0 samples at this temperature."})
 
     def validate(self) -> None:
-        self.sources().validate()
+        super().validate()
         if self.samples < 1 or self.temperature < 0 or (self.samples > 1 and self.temperature == 0):
             raise ConfigError(f"teacher_data.samples={self.samples} at temperature {self.temperature:g}: several "
                               "answers per query need a temperature > 0")
@@ -58,12 +53,8 @@ class TeacherDataArgs:
                               "(no config.yaml); train the teacher first")
 
     def sources(self) -> NewQueryArgs:
-        return NewQueryArgs(queries=self.queries, from_train=self.from_train, generate=self.generate,
-                            generate_n=self.generate_n, generate_model=self.generate_model, seed=self.seed)
-
-    @property
-    def enabled(self) -> bool:
-        return self.sources().enabled
+        """The query sources alone (what decides which queries are collected)."""
+        return NewQueryArgs(**{f.name: getattr(self, f.name) for f in fields(NewQueryArgs)})
 
 
 def collect_into(args: TeacherDataArgs, task: Task, labelled: Sequence[Instance], data_dir: str | None, where: Path,

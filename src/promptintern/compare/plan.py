@@ -291,7 +291,7 @@ class Plan:
 
     def teacher_rows(self, method: str) -> int:
         """The teacher rows a '+teacher' method's last stage adds: seed 0's kept answers once labelled,
-        else the new queries asked for (an upper bound); 0 for the other methods."""
+        else the held-out and generated queries asked for (logs not counted); 0 for the other methods."""
         if not METHODS[method].teacher:
             return 0
         summary = answers_path(self.out, 0).with_suffix(".json")

@@ -74,7 +74,7 @@ from typing import Any
 
 import torch
 
-from ..args import KL_LOSSES, SELF_TEACHER, LoraArgs, TrainArgs
+from ..args import KL_LOSSES, LoraArgs, TrainArgs
 from ..checksums import write_checksums
 from ..errors import ConfigError, DataError, ModelError, RunDirError, Stopped, disk_full_is_one_line
 from ..io import atomic_dir, write_json
@@ -313,7 +313,7 @@ def train_stages(
     if args.num_threads:
         set_cpu_threads(args.num_threads)
 
-    frozen = args.uses_teacher() and args.teacher != SELF_TEACHER
+    frozen = args.frozen_teacher() is not None
     teacher_fp = frozen_teacher_fingerprint(args, model_name)
     record = train_record(stages, model_name, lora, args, teacher_fp)
     _check_run_dir(train_dir, adapter_dir, record, resume, force)

@@ -53,9 +53,8 @@ def teacher_fingerprint(teacher: str, model_name: str) -> str:
 
 def frozen_teacher_fingerprint(args: Any, model_name: str) -> str | None:
     """The fingerprint of ``args``' frozen KL teacher (``train.teacher``), None when no frozen teacher is used."""
-    if not args.uses_teacher() or args.teacher == SELF_TEACHER:
-        return None
-    return teacher_fingerprint(args.teacher, model_name)
+    frozen = args.frozen_teacher()
+    return teacher_fingerprint(frozen, model_name) if frozen else None
 
 
 def check_teacher_base(teacher: str, model_name: str) -> None:
