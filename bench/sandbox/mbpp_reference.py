@@ -8,7 +8,6 @@ Measures the cost and the honesty of the verdict machinery: every reference solu
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -19,8 +18,7 @@ from promptintern.tasks import get_task
 def main() -> int:
     split = sys.argv[1] if len(sys.argv) > 1 else "test"
     workers = int(sys.argv[2]) if len(sys.argv) > 2 else 2
-    data = os.environ.get("PROMPTINTERN_DATA_DIR", "/work/shared/data")
-    instances = get_task("mbpp").load_split(split, data)
+    instances = get_task("mbpp").load_split(split, None)  # the data directory of $PROMPTINTERN_DATA_DIR
     start = time.monotonic()
     res = pass_at_1({i.id: i.answer for i in instances}, instances, workers=workers, timeout_s=20)
     elapsed = time.monotonic() - start
