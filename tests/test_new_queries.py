@@ -228,6 +228,8 @@ def test_label_cli_answers_checks_and_resumes_from_the_teachers_predictions(teac
     assert len(raw) == 5 and f"teacher answered 5, kept {len(out.read_text().splitlines())}" in said
     # a random tiny model writes no valid SQL: every answer is rejected, and the reasons are counted
     assert "rejected:" in said
+    meta = json.loads((tmp_path / "labelled.jsonl.teacher.json").read_text())
+    assert meta["batch_size"] == 4 and meta["prefix_tokens"] > 0  # batches served from the template's cache
     # a rerun with another check answers nothing again: the teacher's cached answers are reused
     (tmp_path / "qcheck.py").write_text("def always(q, a):\n    return True\n")
     monkeypatch.syspath_prepend(str(tmp_path))

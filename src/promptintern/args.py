@@ -326,7 +326,7 @@ class InferArgs:
 
     max_new_tokens: int | str = field(default="auto", metadata={"help": "Most tokens generated per query (the end-of-turn token stops earlier): 'auto' = from the training answers' token lengths (p99 x 1.25, capped at the longest, + 8), or a number. Either way a run warns, with counts, when gold answers are longer."})
     batch_size: int = field(default=8, metadata={"help": "Queries per generate call (left-padded); latency per query is the batch's wall time."})
-    prefix_cache: bool = field(default=False, metadata={"help": "Run the prompts' common token prefix once and serve each query at batch size 1 from its KV cache."})
+    prefix_cache: bool = field(default=False, metadata={"help": "Run the prompts' common token prefix once and serve each batch of batch_size queries from copies of its KV cache (batch_size 1: the per-query latency baseline)."})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy (the default); > 0 samples at this temperature (no top-k / top-p), seeded from each batch's query ids (a teacher's several answers per query: promptintern label --samples)."})
     num_threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (null = torch's default).", "volatile": True})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar with queries/s.", "volatile": True})

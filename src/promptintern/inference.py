@@ -22,8 +22,9 @@ Choices:
   size 1, the time a caller waits for its answer at batch size ``b``. Throughput
   (queries/s) is what batching buys.
 - Prefix caching (:func:`generate_with_prefix_cache`) runs the prompts' longest common token
-  prefix (system turn + template) once and serves each query at batch size 1 from a copy of
-  that KV cache: the fair latency baseline for a full prompt.
+  prefix (system turn + template) once and serves each batch from a copy of that KV cache,
+  one per row; at batch size 1, the fair latency baseline for a full prompt. In a batch the
+  padding sits between the prefix and each query's own tokens (see ``_prefix_and_left_pad``).
 - :func:`run_inference` appends each finished batch to ``<out>.partial`` (flushed and
   fsynced) and, when every query is done, writes ``<out>`` atomically in input order and
   removes the partial file. Resume keeps the rows already there; given the call's
@@ -126,6 +127,21 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[
     return ids.to(device), mask.to(device)
 
 
+def _prefix_and_left_pad(seqs: Sequence[Sequence[int]], prefix_len: int, pad_id: int, device: Any
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shared first ``prefix_len`` tokens, then each sequence's rest left-padded.
+
+    With a cache of the prefix, a batch must keep the prefix at the same positions in every row, so
+    the padding goes between prefix and rest: the mask hides it, and the positions, which generation
+    counts from the mask, run on from the prefix as they would in the row alone.
+    """
+    if not prefix_len:
+        return _left_pad(seqs, pad_id, device)
+    ids, mask = _left_pad([s[prefix_len:] for s in seqs], pad_id, device)
+    prefix = torch.tensor([list(seqs[0][:prefix_len])] * len(seqs), dtype=torch.long, device=device)
+    return torch.cat([prefix, ids], dim=1), torch.cat([torch.ones_like(prefix), mask], dim=1)
+
+
 # ---------------------------------------------------------------- generation
 
 
@@ -147,10 +163,11 @@ class _Decoder:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.stops[0]
 
-    def __call__(self, seqs: Sequence[Sequence[int]], cache: Any = None, ids: Sequence[str] = ()
-                 ) -> list[tuple[str, int]]:
-        """(text, output tokens) per sequence; ``cache`` holds a prefix of every sequence."""
-        input_ids, mask = _left_pad(seqs, self.pad_id, self.model.device)
+    def __call__(self, seqs: Sequence[Sequence[int]], cache: Any = None, ids: Sequence[str] = (),
+                 prefix_len: int = 0) -> list[tuple[str, int]]:
+        """(text, output tokens) per sequence; ``cache`` holds the first ``prefix_len`` tokens of every
+        sequence, once per row (with ``prefix_len`` 0 and one row, any prefix of it)."""
+        input_ids, mask = _prefix_and_left_pad(seqs, prefix_len, self.pad_id, self.model.device)
         sampling = {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0} \
             if self.temperature > 0 else {"do_sample": False}
         with _seeded(ids) if self.temperature > 0 else contextlib.nullcontext():
@@ -199,17 +216,25 @@ def build_prefix_cache(model: Any, prefix: Sequence[int]) -> Any:
     return cache
 
 
-def _iter_prefix_cached(decode: _Decoder, seqs: list[list[int]], ids: list[str], cache: Any
-                        ) -> Iterator[list[tuple[int, Generation]]]:
-    """Yield one (input index, generation) at a time, each served from a copy of ``cache``.
+def _iter_prefix_cached(decode: _Decoder, seqs: list[list[int]], ids: list[str], cache: Any, prefix_len: int,
+                        batch_size: int = 1) -> Iterator[list[tuple[int, Generation]]]:
+    """Yield (input index, generation) per batch, each batch served from a copy of ``cache`` (the
+    first ``prefix_len`` tokens of every sequence) repeated once per row, longest sequences first.
 
-    A query's latency includes copying the cache but not building it (a one-time cost).
+    A batch's latency includes copying the cache but not building it (a one-time cost).
     """
-    for i, seq in enumerate(seqs):
+    order = sorted(range(len(seqs)), key=lambda i: (-len(seqs[i]), i))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
         t0 = time.perf_counter()
+        rows = copy.deepcopy(cache)
+        if rows is not None and len(chunk) > 1:
+            rows.batch_repeat_interleave(len(chunk))
         with torch.inference_mode():
-            ((text, n),) = decode([seq], copy.deepcopy(cache), ids=[ids[i]])
-        yield [(i, Generation(ids[i], text, len(seq), n, time.perf_counter() - t0))]
+            outs = decode([seqs[i] for i in chunk], rows, ids=[ids[i] for i in chunk],
+                          prefix_len=prefix_len if rows is not None else 0)
+        wall = time.perf_counter() - t0
+        yield [(i, Generation(ids[i], text, len(seqs[i]), n, wall)) for i, (text, n) in zip(chunk, outs, strict=True)]
 
 
 @contextlib.contextmanager
@@ -255,8 +280,10 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Messages], *, max_new
 
 
 def generate_with_prefix_cache(model: Any, tokenizer: Any, prompts: Sequence[Messages], *, max_new_tokens: int,
-                               ids: Sequence[str] | None = None, progress: bool = True) -> list[Generation]:
-    """Like :func:`generate` at batch size 1, with the prompts' common prefix computed once.
+                               ids: Sequence[str] | None = None, progress: bool = True, batch_size: int = 1
+                               ) -> list[Generation]:
+    """Like :func:`generate`, with the prompts' common prefix computed once (batch size 1 by default:
+    a served query's latency).
 
     The cached prefix has ``cacheable_prefix_length(encode_prompts(tokenizer, prompts))`` tokens.
     """
@@ -265,7 +292,7 @@ def generate_with_prefix_cache(model: Any, tokenizer: Any, prompts: Sequence[Mes
     decode = _Decoder(model, tokenizer, max_new_tokens)
     prefix_len = cacheable_prefix_length(seqs)
     cache = build_prefix_cache(model, seqs[0][:prefix_len]) if prefix_len else None
-    return _collect(_iter_prefix_cached(decode, seqs, ids, cache), len(seqs), progress)
+    return _collect(_iter_prefix_cached(decode, seqs, ids, cache, prefix_len, batch_size), len(seqs), progress)
 
 
 # ---------------------------------------------------------------- prediction files
@@ -353,7 +380,7 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
 
     Rows: ``{"id", "prediction", "input_tokens", "output_tokens", "latency_s"}`` in input order.
     ``throughput_qps`` is the queries generated in this call over their generation time (at
-    ``batch_size``; with the prefix cache, batch size 1 plus the prefix's one-time build); when
+    ``batch_size``; with the prefix cache, plus the prefix's one-time build); when
     everything was resumed it is estimated from the stored latencies.
 
     ``settings`` are recorded beside the partial file (see :mod:`.serving_checks`); ``reuse_output``:
@@ -393,7 +420,7 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
             t0 = time.perf_counter()
             cache = build_prefix_cache(model, all_seqs[0][:prefix_len]) if prefix_len else None
             gen_wall = time.perf_counter() - t0
-            batches = _iter_prefix_cached(decode, seqs, todo_ids, cache)
+            batches = _iter_prefix_cached(decode, seqs, todo_ids, cache, prefix_len, args.batch_size)
         else:
             batches = _iter_batched(decode, seqs, todo_ids, args.batch_size)
         partial.parent.mkdir(parents=True, exist_ok=True)
@@ -412,7 +439,7 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
     partial.unlink(missing_ok=True)
     settings_path(partial).unlink(missing_ok=True)
 
-    batch_size = 1 if args.prefix_cache else args.batch_size
+    batch_size = args.batch_size
     latencies = [float(r["latency_s"]) for r in rows]
     if todo:
         qps = len(todo) / max(gen_wall, 1e-9)

@@ -370,9 +370,12 @@ def label_queries(
     if cached is None or cached.get("key") != key:
         meta.unlink(missing_ok=True)
         raw.unlink(missing_ok=True)
+        # Every query shares the teacher's template: its KV cache is built once and each batch served
+        # from copies of it (labelling is offline work; the cache changes no greedy answer).
         stats = infer_file(teacher_run, asked, raw, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           temperature=temperature)
-        cached = {"key": key, "max_new_tokens": int(stats["max_new_tokens"]), "batch_size": int(stats["batch_size"])}
+                           temperature=temperature, prefix_cache=True)
+        cached = {"key": key, "max_new_tokens": int(stats["max_new_tokens"]), "batch_size": int(stats["batch_size"]),
+                  "prefix_tokens": int(stats["prefix_tokens"])}
         write_json(meta, cached)
     rows = list(iter_jsonl(raw, required=("id", "prediction", "output_tokens")))
     kept, counts = filter_answers(rows, queries, cached["max_new_tokens"], answer_check)
