@@ -144,3 +144,45 @@ def test_a_rerun_labels_nothing_again(taught, capsys):
     log = capsys.readouterr().out
     assert "promptintern+teacher seed 0: finished earlier, kept" in log and "answers" not in log
     assert answers.stat().st_mtime_ns == before
+
+
+def _adapter(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def test_no_stage_is_trained_twice_promptintern_takes_the_teacher_methods_stage_1(tmp_path):
+    """promptintern+teacher's stages before its query-alone one are promptintern's training: a
+    promptintern run after it starts at its last stage, and a promptintern that trains every stage
+    itself ends stage 1 with the same weights, bit for bit."""
+    import torch
+
+    import promptintern.new_queries as nq
+
+    (tmp_path / "acceptall.py").write_text("def ok(query, answer):\n    return True\n")
+    config = _config(tmp_path)
+    three = [s for s in TEACHER if not s.startswith("compare.methods")] + ["schedule.stages=3"]
+
+    def compare(out: Path, methods: str, *extra: str) -> None:
+        sets = [x for s in [*three, f"compare.methods=[{methods}]", *extra] for x in ("--set", s)]
+        assert main(["--threads", "1", "compare", str(config), "--out", str(out), "--passes", "runs", *sets]) == 0
+
+    real = nq.filter_answers
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(tmp_path))
+        mp.setattr(nq, "filter_answers", lambda rows, queries, cap, check: real(rows, queries, 10**9, check))
+        compare(tmp_path / "out", "full-prompt,promptintern+teacher,promptintern")
+    compare(tmp_path / "alone", "full-prompt,promptintern", "compare.reuse_stage0=false")
+    runs, alone = tmp_path / "out" / "runs", tmp_path / "alone" / "runs"
+    stages = json.loads((runs / "promptintern" / "seed-0" / "train" / "history.json").read_text())["stages"]
+    assert [s.get("reused_from") for s in stages] == [
+        "runs/full-prompt/seed-0/train/stage-0/final", "runs/promptintern+teacher/seed-0/train/stage-1/final", None]
+    assert stages[2]["steps"] >= 1
+    for i in (0, 1):
+        given = _adapter(runs / "promptintern" / "seed-0" / "train" / f"stage-{i}" / "final")
+        assert given.keys() == (trained := _adapter(alone / "promptintern" / "seed-0" / "train" / f"stage-{i}"
+                                                    / "final")).keys()
+        assert all(torch.equal(given[k], trained[k]) for k in given), f"stage {i}"
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "= promptintern+teacher's" in report and "= full-prompt FT's" in report

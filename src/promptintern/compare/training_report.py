@@ -2,8 +2,8 @@
 
 Per method and seed: every stage's steps and epochs, why it stopped (``plateau``: no better
 validation loss for ``patience`` scorings; ``cap``: its epochs or steps ran out), the step
-served, the training tokens and seconds up to it, the validation cost, whether stage 0 was
-full-prompt FT's, and the share of answers that ran to ``max_new_tokens``.
+served, the training tokens and seconds up to it, the validation cost, which stages another
+method trained (the same training, not run twice), and the share of answers that ran to ``max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -11,11 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 
+def _trained_by(reused_from: str) -> str:
+    """The method that trained a reused stage (``runs/<method>/seed-N/train/stage-I/final``)."""
+    parts = reused_from.split("/")
+    method = parts[1] if len(parts) > 1 and parts[0] == "runs" else reused_from
+    return "full-prompt FT" if method == "full-prompt" else method
+
+
 def _stage_text(st: dict[str, Any]) -> str:
     epochs = f", {st['epochs']:.1f} ep" if st.get("epochs") is not None else ""
     best = f", best @{st['best_step']}" if st.get("best_step") else ""
     why = f" ({st['stopped']})" if st.get("stopped") else ""
-    reused = " = full-prompt FT's" if st.get("reused_from") else ""
+    reused = f" = {_trained_by(st['reused_from'])}'s" if st.get("reused_from") else ""
     return f"s{st['stage']}: {st['steps']} steps{epochs}{why}{best}{reused}"
 
 
@@ -41,9 +48,9 @@ def training_section(results: dict[str, Any]) -> list[str]:
                          if i < len(per_seed) else f"| {m} | {seed} | - | - | - | - | - | - |")
     notes = ["", "`plateau`: the validation loss (scored on the fixed validation sample in the stage's own prompt, "
              "the last stage's being the served one) did not improve for `patience` scorings; `cap`: the stage ran "
-             "its configured epochs or steps. A stage marked `= full-prompt FT's` was not trained again: it is "
-             "full-prompt FT's best adapter of the same seed (same records, prompt, seed and settings), and its "
-             "tokens and seconds are still counted here and in the cost. Seconds to the best count the last "
+             "its configured epochs or steps. A stage marked `= full-prompt FT's` (or another method's) was not "
+             "trained again: it is that method's best adapter for the stage, same seed (same records, prompt, seed, "
+             "settings and starting weights), and its tokens and seconds are still counted here and in the cost. Seconds to the best count the last "
              "stage pro rata of its steps."]
     return lines + notes + [""]
 
