@@ -49,6 +49,7 @@ import torch
 from .args import InferArgs  # noqa: F401  (re-exported: it lived here before args.py)
 from .errors import ConfigError, DataError, ModelError
 from .io import iter_jsonl, write_json, write_jsonl
+from .models import cache_keyword
 from .progress import progress_bar
 from .prompt import chat_prompt_text
 from .serving_checks import RESTART_HINT, check_adapter, check_prompt_lengths, check_settings, settings_path
@@ -172,7 +173,7 @@ class _Decoder:
             if self.temperature > 0 else {"do_sample": False}
         with _seeded(ids) if self.temperature > 0 else contextlib.nullcontext():
             out = self.model.generate(
-                input_ids=input_ids, attention_mask=mask, past_key_values=cache,
+                input_ids=input_ids, attention_mask=mask, **{cache_keyword(self.model): cache},
                 max_new_tokens=self.max_new_tokens, min_new_tokens=0, num_beams=1, **sampling,
                 repetition_penalty=1.0, eos_token_id=self.stops, pad_token_id=self.pad_id, use_cache=True,
             )
@@ -212,7 +213,7 @@ def build_prefix_cache(model: Any, prefix: Sequence[int]) -> Any:
 
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        model(input_ids=torch.tensor([list(prefix)], device=model.device), past_key_values=cache, use_cache=True)
+        model(input_ids=torch.tensor([list(prefix)], device=model.device), **{cache_keyword(model): cache}, use_cache=True)
     return cache
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -331,3 +332,11 @@ def load_model(
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.to(device).eval(), tokenizer
+
+
+def cache_keyword(model: Any) -> str:
+    """The name under which forward and generate take a KV cache: ``cache`` in transformers 5.24+
+    (``past_key_values`` is deprecated there, and removed from forward in 5.40), ``past_key_values``
+    before and in remote code. ``model`` may be a PEFT model; its base model's forward decides."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"

@@ -54,7 +54,7 @@ def _same_stages(saved: dict[str, Any], record: dict[str, Any], donor_train: Any
 
 
 def reusable(plan: Plan, method: str) -> bool:
-    """Whether ``method`` is a staged method that may take full-prompt FT's stage 0 in this plan."""
+    """Whether ``method`` is a staged method that may start from stages other methods trained in this plan."""
     return (plan.args.budget == "converge" and plan.args.reuse_stage0 and REFERENCE in plan.args.methods
             and METHODS[method].pipeline != REFERENCE and not METHODS[method].prefix_cache_of
             and METHODS[method].loss is None and plan.n_stages(method) > 1)
@@ -76,7 +76,7 @@ def _finished_stages(train_dir: Any, n: int) -> int:
     return done
 
 
-def reuse_stage0(plan: Plan, method: str, seed: int, log: Callable[[str], None]) -> str | None:
+def reuse_stages(plan: Plan, method: str, seed: int, log: Callable[[str], None]) -> str | None:
     """Give a fresh (``method``, ``seed``) the longest run of leading stages (never its last) that
     another method of the same seed finished with the same training; returns the source of stage 0,
     or None where nothing is reused (not applicable, nothing finished, or a different training)."""

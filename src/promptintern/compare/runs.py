@@ -21,7 +21,7 @@ from . import teacher_data
 from .budget import measured_step_seconds, plan_lines
 from .curves import runaway_share, stage_rows, to_best
 from .plan import METHODS, Plan
-from .reuse import REFERENCE, reusable, reuse_stage0
+from .reuse import REFERENCE, reusable, reuse_stages
 
 
 def finished(plan: Plan, method: str, seed: int) -> bool:
@@ -59,7 +59,7 @@ def run_all(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
             if METHODS[method].teacher and not _teacher_answers(plan, seed, log):
                 continue
             cfg = plan.config(method, seed)
-            reuse_stage0(plan, method, seed, log)
+            reuse_stages(plan, method, seed, log)
             log(f"{method} seed {seed}: pipeline run ({cfg.method}, steps per stage "
                 f"{plan.planned_steps(method) or '-'}) in {plan.run_dir(method, seed)}")
             t0 = time.perf_counter()

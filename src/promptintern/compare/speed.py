@@ -171,6 +171,7 @@ def timed_generate(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]], le
     import torch
 
     from ..inference import stop_token_ids
+    from ..models import cache_keyword
 
     stops = stop_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
@@ -180,7 +181,7 @@ def timed_generate(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]], le
     t0 = time.perf_counter()
     with torch.inference_mode():
         past = copy.deepcopy(cache) if cache is not None else None
-        out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=past, max_new_tokens=length,
+        out = model.generate(input_ids=ids, attention_mask=mask, **{cache_keyword(model): past}, max_new_tokens=length,
                              min_new_tokens=length, do_sample=False, num_beams=1, eos_token_id=stops,
                              pad_token_id=pad, use_cache=True, logits_processor=[clock])
     if model.device.type == "cuda":

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +37,7 @@ import torch
 
 from ..args import SHARED_PREFIX_MODES
 from ..errors import ConfigError
+from ..models import cache_keyword
 
 MIN_PREFIX_TOKENS = 32  # below this, two forward passes cost more than they save
 
@@ -111,13 +111,6 @@ def _unwrap(model: Any) -> Any:
     while isinstance(getattr(inner, "module", None), torch.nn.Module):
         inner = inner.module
     return inner
-
-
-def _cache_keyword(model: Any) -> str:
-    """The cache argument's name: ``cache`` in transformers 5.24+, ``past_key_values`` before and in remote code."""
-    inner = _unwrap(model)
-    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _decoder_layers(model: Any) -> list[torch.nn.Module]:
@@ -224,7 +217,7 @@ def prefix_then_suffix(model: Any, head_rows: Any, head: torch.nn.Module, input_
     (the answer-only hook of plain training), so neither pass computes logits it does not need.
     """
     rows, width = input_ids.shape
-    keyword = _cache_keyword(model)
+    keyword = cache_keyword(_unwrap(model))
     prefix_layer, suffix_layer = _layer_classes()
     first = _new_cache(model, lambda _i: prefix_layer())
     with _cache_under_checkpointing(model) as checkpointed:
