@@ -36,11 +36,14 @@ def finished(plan: Plan, method: str, seed: int) -> bool:
 
 def run_all(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
     """Run (or skip) every (method, seed); the wall time of each pipeline run is kept in ``wall_s.json``
-    (train + serve + score, this machine)."""
+    (train + serve + score, this machine). Returns the wall times of the runs this call finished.
+
+    Two compare processes may run different methods into one directory (one per core): a run
+    directory is locked while it trains, and ``wall_s.json`` is read again before each write."""
     from ..pipeline import run
 
     path = plan.out / "wall_s.json"
-    spent: dict[str, Any] = read_json(path) if path.is_file() else {}
+    spent: dict[str, Any] = {}
     # Seed-major: a benchmark stopped part-way holds whole seeds (every method), which the report
     # can already compare, rather than every seed of the first methods only.
     trained = [m for m in plan.args.ordered_methods() if not METHODS[m].prefix_cache_of]
@@ -66,7 +69,8 @@ def run_all(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
             run(cfg, resume=True)
             key = f"{method}/{seed}"
             spent[key] = time.perf_counter() - t0  # the session that finished it (training wall time: history)
-            write_json(path, spent)
+            # read again: another compare process may have finished other methods into the same directory
+            write_json(path, {**(read_json(path) if path.is_file() else {}), key: spent[key]})
             log(f"{method} seed {seed}: done in {spent[key]:.0f} s")
     return spent
 
