@@ -110,3 +110,27 @@ def test_readme_results_table_matches_results_json():
             d = acc["differences"].get("promptintern", {}).get(ref)
             want = f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]".replace("-", "−") if d else "–"
             assert cell == want, (label, ref, cell, want)
+
+
+def test_readme_teacher_table_matches_results_json():
+    """The README's table of the '+teacher' methods: each method's mean, the two differences and the
+    kept teacher answers (seed 0) as results.json has them; a method without results says 'running'."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = {"NL2Bash": "compare-nl2bash-converge", "GeoQuery query split": "compare-geoquery-query-converge"}
+    methods = ("full-prompt", "query-only", "query-only+teacher", "promptintern", "promptintern+teacher")
+    for label, folder in rows.items():
+        row = re.search(rf"^\| {label} \(.*\| (\d+|–) of \d+ \|$", text, re.M)
+        assert row, f"the README's teacher table has no {label} row"
+        cells = [c.strip() for c in row.group(0).strip("|").split("|")][1:]
+        results = json.loads((ROOT / "bench" / "results" / folder / "results.json").read_text())
+        acc = results["accuracy"]
+        for cell, m in zip(cells[:5], methods, strict=True):
+            want = f"{acc['methods'][m]['mean']:.2f}" if m in acc["methods"] else None
+            assert cell == want if want else cell in ("running", "–"), (label, m, cell, want)
+        for cell, ref in zip(cells[5:7], ("query-only", "full-prompt"), strict=True):
+            d = acc["differences"].get("promptintern+teacher", {}).get(ref)
+            want = f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]".replace("-", "−") if d else "–"
+            assert cell == want, (label, ref, cell, want)
+        seed0 = results["teacher_data"]["seeds"]["0"]["counts"]
+        assert cells[7] == f"{seed0['kept']} of {seed0['answered']}", (label, cells[7])
+
