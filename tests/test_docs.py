@@ -92,6 +92,19 @@ def test_strict_build_fails_on_a_broken_link(tmp_path):
     assert "missing.md" in done.stderr and "#nowhere" in done.stderr
 
 
+def _check_cells(label: str, cells: list[str], acc: dict, methods: tuple[str, ...], method: str,
+                 refs: tuple[str, ...]) -> None:
+    """``cells``: each of ``methods``' mean, then ``method``'s difference to each of ``refs`` with its
+    interval, as results.json's ``accuracy`` has them; a method without results reads 'running' or '–'."""
+    for cell, m in zip(cells[:len(methods)], methods, strict=True):
+        want = f"{acc['methods'][m]['mean']:.2f}" if m in acc["methods"] else None
+        assert cell == want if want else cell in ("running", "–"), (label, m, cell, want)
+    for cell, ref in zip(cells[len(methods):len(methods) + len(refs)], refs, strict=True):
+        d = acc["differences"].get(method, {}).get(ref)
+        want = f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]".replace("-", "−") if d else "–"
+        assert cell == want, (label, ref, cell, want)
+
+
 def test_readme_results_table_matches_results_json():
     """The README's one table is written by hand: each number is checked against results.json, and a
     method without results there is marked as not measured ('running' or '–')."""
@@ -103,13 +116,8 @@ def test_readme_results_table_matches_results_json():
         assert row, f"the README's results table has no {label} row"
         cells = [c.strip().strip("*") for c in row.group(0).strip("|").split("|")][1:]
         acc = json.loads((ROOT / "bench" / "results" / folder / "results.json").read_text())["accuracy"]
-        for cell, m in zip(cells[:4], ("full-prompt", "query-only", "compressed", "promptintern"), strict=True):
-            want = f"{acc['methods'][m]['mean']:.2f}" if m in acc["methods"] else None
-            assert cell == want if want else cell in ("running", "–"), (label, m, cell, want)
-        for cell, ref in zip(cells[4:6], ("full-prompt", "query-only"), strict=True):
-            d = acc["differences"].get("promptintern", {}).get(ref)
-            want = f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]".replace("-", "−") if d else "–"
-            assert cell == want, (label, ref, cell, want)
+        _check_cells(label, cells, acc, ("full-prompt", "query-only", "compressed", "promptintern"), "promptintern",
+                     ("full-prompt", "query-only"))
 
 
 def test_readme_teacher_table_matches_results_json():
@@ -123,14 +131,6 @@ def test_readme_teacher_table_matches_results_json():
         assert row, f"the README's teacher table has no {label} row"
         cells = [c.strip() for c in row.group(0).strip("|").split("|")][1:]
         results = json.loads((ROOT / "bench" / "results" / folder / "results.json").read_text())
-        acc = results["accuracy"]
-        for cell, m in zip(cells[:5], methods, strict=True):
-            want = f"{acc['methods'][m]['mean']:.2f}" if m in acc["methods"] else None
-            assert cell == want if want else cell in ("running", "–"), (label, m, cell, want)
-        for cell, ref in zip(cells[5:7], ("query-only", "full-prompt"), strict=True):
-            d = acc["differences"].get("promptintern+teacher", {}).get(ref)
-            want = f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]".replace("-", "−") if d else "–"
-            assert cell == want, (label, ref, cell, want)
+        _check_cells(label, cells, results["accuracy"], methods, "promptintern+teacher", ("query-only", "full-prompt"))
         seed0 = results["teacher_data"]["seeds"]["0"]["counts"]
         assert cells[7] == f"{seed0['kept']} of {seed0['answered']}", (label, cells[7])
-

@@ -1,7 +1,8 @@
-"""Generation for evaluation (greedy) and for a teacher's sampled answers: batched, prefix-cached,
-metered and resumable. This module stays whole at over 450 lines on purpose: batching, prefix
-caching and the resumable output share one decoder and one bookkeeping of tokens and latency, which
-a split would duplicate.
+"""Why this module stays whole at over 450 lines: batching, prefix caching and the resumable output
+share one decoder and one bookkeeping of tokens and latency, which a split would duplicate.
+
+Generation for evaluation (greedy) and for a teacher's sampled answers: batched, prefix-cached,
+metered and resumable.
 
 Prompts are chat messages without the assistant turn; they are rendered with the tokenizer's
 chat template (:func:`promptintern.prompt.chat_prompt_text`) and tokenized without extra
@@ -167,7 +168,7 @@ class _Decoder:
     def __call__(self, seqs: Sequence[Sequence[int]], cache: Any = None, ids: Sequence[str] = (),
                  prefix_len: int = 0) -> list[tuple[str, int]]:
         """(text, output tokens) per sequence; ``cache`` holds the first ``prefix_len`` tokens of every
-        sequence, once per row (with ``prefix_len`` 0 and one row, any prefix of it)."""
+        sequence, once per row."""
         input_ids, mask = _prefix_and_left_pad(seqs, prefix_len, self.pad_id, self.model.device)
         sampling = {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0} \
             if self.temperature > 0 else {"do_sample": False}
@@ -194,19 +195,6 @@ def _seeded(ids: Sequence[str]) -> Iterator[None]:
         yield
 
 
-def _iter_batched(decode: _Decoder, seqs: list[list[int]], ids: list[str], batch_size: int
-                  ) -> Iterator[list[tuple[int, Generation]]]:
-    """Yield (input index, generation) per batch, longest prompts first."""
-    order = sorted(range(len(seqs)), key=lambda i: (-len(seqs[i]), i))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            outs = decode([seqs[i] for i in chunk], ids=[ids[i] for i in chunk])
-        wall = time.perf_counter() - t0
-        yield [(i, Generation(ids[i], text, len(seqs[i]), n, wall)) for i, (text, n) in zip(chunk, outs, strict=True)]
-
-
 def build_prefix_cache(model: Any, prefix: Sequence[int]) -> Any:
     """The KV cache of ``prefix`` (a ``DynamicCache`` holding ``len(prefix)`` positions)."""
     from transformers import DynamicCache
@@ -217,10 +205,10 @@ def build_prefix_cache(model: Any, prefix: Sequence[int]) -> Any:
     return cache
 
 
-def _iter_prefix_cached(decode: _Decoder, seqs: list[list[int]], ids: list[str], cache: Any, prefix_len: int,
-                        batch_size: int = 1) -> Iterator[list[tuple[int, Generation]]]:
-    """Yield (input index, generation) per batch, each batch served from a copy of ``cache`` (the
-    first ``prefix_len`` tokens of every sequence) repeated once per row, longest sequences first.
+def _iter_batched(decode: _Decoder, seqs: list[list[int]], ids: list[str], batch_size: int, cache: Any = None,
+                  prefix_len: int = 0) -> Iterator[list[tuple[int, Generation]]]:
+    """Yield (input index, generation) per batch, longest prompts first; with ``cache`` (the first
+    ``prefix_len`` tokens of every sequence) each batch is served from a copy of it repeated once per row.
 
     A batch's latency includes copying the cache but not building it (a one-time cost).
     """
@@ -232,8 +220,7 @@ def _iter_prefix_cached(decode: _Decoder, seqs: list[list[int]], ids: list[str],
         if rows is not None and len(chunk) > 1:
             rows.batch_repeat_interleave(len(chunk))
         with torch.inference_mode():
-            outs = decode([seqs[i] for i in chunk], rows, ids=[ids[i] for i in chunk],
-                          prefix_len=prefix_len if rows is not None else 0)
+            outs = decode([seqs[i] for i in chunk], rows, ids=[ids[i] for i in chunk], prefix_len=prefix_len)
         wall = time.perf_counter() - t0
         yield [(i, Generation(ids[i], text, len(seqs[i]), n, wall)) for i, (text, n) in zip(chunk, outs, strict=True)]
 
@@ -293,7 +280,7 @@ def generate_with_prefix_cache(model: Any, tokenizer: Any, prompts: Sequence[Mes
     decode = _Decoder(model, tokenizer, max_new_tokens)
     prefix_len = cacheable_prefix_length(seqs)
     cache = build_prefix_cache(model, seqs[0][:prefix_len]) if prefix_len else None
-    return _collect(_iter_prefix_cached(decode, seqs, ids, cache, prefix_len, batch_size), len(seqs), progress)
+    return _collect(_iter_batched(decode, seqs, ids, batch_size, cache, prefix_len), len(seqs), progress)
 
 
 # ---------------------------------------------------------------- prediction files
@@ -417,13 +404,10 @@ def run_inference(model: Any, tokenizer: Any, items: Sequence[tuple[str, Message
     gen_wall = 0.0
     if todo:
         decode = _Decoder(model, tokenizer, args.max_new_tokens, args.temperature)
-        if args.prefix_cache:  # the prefix's one-time build counts towards throughput
-            t0 = time.perf_counter()
-            cache = build_prefix_cache(model, all_seqs[0][:prefix_len]) if prefix_len else None
-            gen_wall = time.perf_counter() - t0
-            batches = _iter_prefix_cached(decode, seqs, todo_ids, cache, prefix_len, args.batch_size)
-        else:
-            batches = _iter_batched(decode, seqs, todo_ids, args.batch_size)
+        t0 = time.perf_counter()  # the prefix's one-time build counts towards throughput
+        cache = build_prefix_cache(model, all_seqs[0][:prefix_len]) if prefix_len else None
+        gen_wall = time.perf_counter() - t0
+        batches = _iter_batched(decode, seqs, todo_ids, args.batch_size, cache, prefix_len)
         partial.parent.mkdir(parents=True, exist_ok=True)
         if settings is not None and not partial.is_file():
             write_json(settings_path(partial), settings)  # before the first row: the rows' provenance

@@ -1,7 +1,8 @@
-"""The end-to-end run: prepare → train (staged) → infer → evaluate → report. This module stays
-whole at over 450 lines on purpose: it is the one place a reader follows a run from config to
-report; each step's work lives in its own module (stages, training, inference, evaluate, report,
-run guard, teacher data and answers), and only the order and the resume rules are here.
+"""Why this module stays whole at over 450 lines: it is the one place a reader follows a run from
+config to report; each step's work lives in its own module (stages, training, inference, evaluate,
+report, run guard, teacher data and answers), and only the order and the resume rules are here.
+
+The end-to-end run: prepare → train (staged) → infer → evaluate → report.
 
 Run directory (everything written atomically; each step is skipped on ``--resume`` when its
 output exists):
